@@ -1,0 +1,1 @@
+"""Benchmarks: each module prints figures measured side by side with a reference in one run."""
