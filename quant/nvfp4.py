@@ -1,0 +1,630 @@
+"""NVFP4: 4-bit floats with two-level scaling, emulated bit-exactly in plain PyTorch.
+
+This is the fast path that every quantized GEMM of QAT goes through. It reproduces NVIDIA
+Transformer Engine (TE >= 2.14, recipe `NVFP4BlockScaling`) bit for bit; the contract is
+../shared/NVFP4.md, and quant/reference.py is the same algorithm written as slow explicit loops.
+
+The format (NVFP4.md s1)
+------------------------
+An element is FP4 E2M1: one sign bit and eight magnitudes
+
+    code & 7 :  0    1    2    3    4    5    6    7
+    value    :  0   0.5   1   1.5   2    3    4    6        (code 8 is -0, bit 3 is the sign)
+
+so a tensor needs scaling to use that tiny range. NVFP4 scales twice:
+
+- every block of 16 consecutive elements along the GEMM's contraction dimension ("1x16"; for
+  weights in the 2D recipes a 16x16 tile) carries a *decode* scale s stored as FP8 E4M3;
+- the whole tensor carries one FP32 scale derived from its amax a = max|x| ("current scaling":
+  recomputed on every call, no history).
+
+A real value is approximately value(code) * s * a / (6 * 448): s in [0, 448] stretches the block
+and a / 2688 maps E4M3's range back onto the tensor's.
+
+The arithmetic, in float32, step by step (NVFP4.md s2; fl() is fp32 rounding)
+------------------------------------------------------------------------------
+1. a     = max|x|                                   (for an RHT operand: after the rotation)
+2. S_enc = min(fl(2688 / a), FLT_MAX), 1 if a == 0;  S_dec = fl(1 / S_enc)
+           The division must be a true division: in PyTorch `2688.0 / t` with a Python numerator
+           is computed as a reciprocal then a multiply and differs in ~1/4 of cases, so the
+           numerator is a tensor here.
+3. s     = e4m3_rne(min(fl(b * fl(S_enc * fl(1/6))), 448))   b = block (or tile) amax
+           (multiply by a folded constant, never divide by 6: that was TE <= 2.13). E4M3
+           subnormals are kept, anything below 2^-10 becomes 0; no lower clamp.
+4. e     = min(fl(1 / fl(s * S_dec)), FLT_MAX)       a zero scale gives FLT_MAX: its elements
+           saturate to +-6 but dequantize to 0 (see the golden README)
+5. v     = clamp(fl(x * e), -6, 6)                   a multiply, not a division
+6. code  = E2M1 round-to-nearest-even of v: ties .25->0, .75->1, 1.25->1, 1.75->2, 2.5->2,
+           3.5->4, 5->4. A value < 0 that rounds to zero gets code 8 (-0); -0.0 itself gets 0.
+7. x_hat = value(code) * fl(fl(s * a) * fl(1/2688))  TE's dequantize kernel (`dequantize()`)
+
+For GEMMs the operand is `value(code) * s` (`decode_blocks()`, exact in fp32) and the product is
+multiplied once by alpha = a_A * a_B / (6*6*448*448) (NVFP4.md s4); `fake_quantize` returns
+exactly that operand plus a.
+
+Fast E2M1 rounding without comparisons
+---------------------------------------
+Rounding v to E2M1 is rounding to a multiple of a step that depends on |v|'s binade: 0.5 below 2,
+1 in [2, 4), 2 in [4, 8). Adding the magic number m = 1.5 * 2^(23 + log2 step) to v pushes v into
+a binade whose fp32 spacing *is* that step, so the hardware addition rounds v to nearest, ties to
+even, and subtracting m again is exact. "Even multiple of the step" is exactly E2M1's "even
+mantissa" (5 -> 4 = 2*2, not 6 = 3*2), so the ties come out right for both signs, and clamping
+to +-6 afterwards gives the saturation. m is built from v's own exponent bits with integer ops,
+so the whole rounding is five element-wise ops and no Python loop (several times faster than
+torch.bucketize with the tie rules on a 2-core CPU). On CPU, steps 5-6 (and the block amax
+before them) run over large chunks of rows with one reused scratch buffer, which bounds the
+memory a huge tensor needs (`_CHUNK_ELEMENTS`).
+
+Random Hadamard transform and stochastic rounding (NVFP4.md s3)
+---------------------------------------------------------------
+`rht(x)` multiplies every contiguous 16-chunk c of the last dimension by R = diag(sign) H16 / 4
+(H16 the Sylvester Hadamard matrix, fixed sign vector), in fp32, then rounds to bf16 as TE keeps
+the rotated tensor in bf16. R is orthogonal, so rotating both GEMM operands along the contraction
+dimension leaves the product unchanged and no inverse is ever applied. Stochastic rounding
+replaces step 6: |v| goes up to the next grid point with probability (|v| - lo) / (hi - lo),
+drawn from one `torch.rand` of the tensor's size from an explicit `torch.Generator` (or torch's
+global generator when none is given), so a seeded run is reproducible.
+
+Inputs and errors
+-----------------
+fp32, bf16 and fp16 inputs are computed in fp32. A blocked dimension that is not a multiple of
+16, a non-floating dtype, an empty tensor and non-finite values (NaN/inf would poison the tensor
+amax) raise errors that say what is wrong.
+
+FP32-subnormal inputs (the golden `fp32sub` case): when a is an fp32 subnormal, 2688 / a
+overflows and S_enc is clamped to FLT_MAX, so the block scales and encode factors lose their
+meaning. This module follows the same arithmetic as TE, never produces NaN or inf there, and
+`tests/quant/test_nvfp4.py` checks that; the values themselves are not meaningful (TE's are
+not either) and nothing trains on such tensors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from dataclasses import dataclass
+
+import torch
+
+FP4_MAX = 6.0
+E4M3_MAX = 448.0
+FP4_E4M3_MAX = FP4_MAX * E4M3_MAX  # 2688: the amax that maps onto the largest representable
+FLT_MAX = torch.finfo(torch.float32).max
+BLOCK = 16
+BLOCK_1D = (1, 16)
+BLOCK_2D = (16, 16)
+ROUNDINGS = ("nearest", "stochastic")
+
+E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+"""Magnitudes indexed by the low three bits of a code."""
+
+RHT_SIGNS = (1, 1, 1, -1, 1, -1, -1, -1, -1, -1, -1, 1, -1, 1, -1, -1)
+"""TE's fixed sign vector for the 16-point random Hadamard transform (NVFP4.md s3)."""
+
+# Step 6 magic: keep only v's exponent bits, clamp them to the binades [1,2) .. [4,8) (anything
+# smaller rounds with step 0.5 like [1,2); anything larger saturates anyway): that is 2^e as a
+# float; m = 1.5 * 2^22 * 2^e has an fp32 ulp of 2^(e - 1), the E2M1 step of v's binade.
+_EXP_MASK = 0x7F800000
+_EXP_LO = 127 << 23
+_EXP_HI = 129 << 23
+_MAGIC = 1.5 * 2.0**22
+_EXP_INV = 255 << 23  # minus a biased exponent field: the reciprocal's (SR's 1/step)
+
+
+@functools.cache
+def _constants(device: torch.device) -> dict[str, torch.Tensor]:
+    """Small lookup tensors, built once per device."""
+    mags = torch.tensor(E2M1_VALUES, dtype=torch.float32)
+    return {
+        "values": torch.cat([mags, -mags]).to(device),  # -mags[0] is -0.0, code 8
+        "code_of_key": _code_of_key().to(device),
+        "rht": _build_rht_matrix().to(device),
+        "numerator": torch.tensor(FP4_E4M3_MAX, dtype=torch.float32, device=device),
+        "one": torch.tensor(1.0, dtype=torch.float32, device=device),
+        "flt_max": torch.tensor(FLT_MAX, dtype=torch.float32, device=device),
+        "one_sixth": torch.tensor(1.0 / 6.0, dtype=torch.float32, device=device),
+        "inv_2688": torch.tensor(1.0 / FP4_E4M3_MAX, dtype=torch.float32, device=device),
+    }
+
+
+def _code_of_key() -> torch.Tensor:
+    """Table from (fp32 bits of an E2M1 magnitude) >> 22, i.e. exponent and top mantissa bit,
+    to its code: 0 -> 0, 0.5 -> 252 -> 1, 1 -> 254 -> 2, ..., 6 -> 259 -> 7; key + 512 (the
+    sign) to code + 8."""
+    mags = torch.tensor(E2M1_VALUES, dtype=torch.float32)
+    keys = (mags.view(torch.int32) >> 22).long()
+    table = torch.zeros(1024, dtype=torch.uint8)
+    table[keys] = torch.arange(8, dtype=torch.uint8)
+    table[keys + 512] = torch.arange(8, 16, dtype=torch.uint8)
+    return table
+
+
+def _build_rht_matrix() -> torch.Tensor:
+    """R = diag(sign) @ H16 / 4 with H[i][j] = (-1)^popcount(i & j) (Sylvester order)."""
+    idx = torch.arange(BLOCK)
+    parity = torch.zeros(BLOCK, BLOCK, dtype=torch.int64)
+    bits = idx[:, None] & idx[None, :]
+    for shift in range(4):
+        parity ^= (bits >> shift) & 1
+    hadamard = 1.0 - 2.0 * parity.to(torch.float32)
+    signs = torch.tensor(RHT_SIGNS, dtype=torch.float32)
+    return signs[:, None] * hadamard * 0.25
+
+
+def rht_matrix(device: torch.device | str | None = None) -> torch.Tensor:
+    """The 16x16 fp32 RHT matrix diag(sign) @ H16 / 4 (orthogonal; entries +-1/4)."""
+    return _constants(torch.device(device or "cpu"))["rht"].clone()
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_floating(x: torch.Tensor, what: str) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{what}: expected a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{what}: expected a floating-point tensor (float32, bfloat16 or float16), "
+            f"got {x.dtype}"
+        )
+    if x.numel() == 0:
+        raise ValueError(f"{what}: cannot quantize an empty tensor of shape {tuple(x.shape)}")
+
+
+def _check_multiple_of_16(x: torch.Tensor, dim: int, what: str) -> None:
+    size = x.shape[dim]
+    if size % BLOCK:
+        below = size - size % BLOCK
+        raise ValueError(
+            f"{what}: the blocked dimension {dim} of a tensor of shape {tuple(x.shape)} has "
+            f"size {size}, not a multiple of {BLOCK}: it is {size % BLOCK} over {below} and "
+            f"{BLOCK - size % BLOCK} short of {below + BLOCK}"
+        )
+
+
+def _normalize_block(block) -> tuple[int, int]:
+    block = tuple(block)
+    if block not in (BLOCK_1D, BLOCK_2D):
+        raise ValueError(f"block must be (1, 16) or (16, 16), got {block}")
+    return block
+
+
+def _check_args(x: torch.Tensor, block, rounding: str, generator, rht: bool, what: str):
+    _check_floating(x, what)
+    block = _normalize_block(block)
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"{what}: rounding must be one of {ROUNDINGS}, got {rounding!r}")
+    if rht and block != BLOCK_1D:
+        raise ValueError(f"{what}: rht=True needs block=(1, 16); 16x16 tiles are never rotated")
+    if block == BLOCK_2D and x.dim() < 2:
+        raise ValueError(f"{what}: block=(16, 16) needs at least 2 dims, got {tuple(x.shape)}")
+    _check_multiple_of_16(x, -1, what)
+    if block == BLOCK_2D:
+        _check_multiple_of_16(x, -2, what)
+    if generator is not None:
+        _check_generator(generator, x.device, what)
+    return block
+
+
+def _check_generator(generator: torch.Generator, device: torch.device, what: str) -> None:
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"{what}: generator must be a torch.Generator, got {type(generator)}")
+    gen = generator.device
+    same = gen.type == device.type and (gen.index is None or device.index in (None, gen.index))
+    if not same:
+        raise ValueError(f"{what}: generator is on {gen} but the tensor is on {device}")
+
+
+def _check_finite(x: torch.Tensor, amax: torch.Tensor, what: str) -> None:
+    """x is the caller's input; amax the max of what is quantized (x, or its rotation)."""
+    # amax is NaN or inf exactly when some element is: one reduction instead of a full isfinite.
+    if torch.isfinite(amax).item():
+        return
+    bad = int((~torch.isfinite(x)).sum())
+    if bad == 0:
+        raise ValueError(f"{what}: the RHT of this input overflows to inf (|x| near FLT_MAX)")
+    raise ValueError(
+        f"{what}: input has {bad} non-finite value(s) (NaN or inf) out of {x.numel()}; "
+        "NVFP4 cannot encode them and they would poison the tensor scale"
+    )
+
+
+# --------------------------------------------------------------------------- the element codec
+
+
+def decode_e2m1(codes: torch.Tensor) -> torch.Tensor:
+    """E2M1 codes (uint8 0..15) -> float32 values; code 8 decodes to -0.0."""
+    # index_select with int32 indices is several times faster than advanced indexing on CPU.
+    flat = codes.reshape(-1).to(torch.int32)
+    return _constants(codes.device)["values"].index_select(0, flat).view(codes.shape)
+
+
+def encode_e2m1(v: torch.Tensor) -> torch.Tensor:
+    """Round already-scaled values to E2M1 codes, nearest-even, saturating at +-6 (step 6).
+
+    Values beyond +-6 saturate (the caller clamps in the real chain); a value < 0 that rounds to
+    zero gets code 8, while -0.0 gets code 0 as in TE's reference.
+    """
+    v = v.to(torch.float32)
+    codes = (v < 0).to(torch.uint8)
+    return _codes_from_rounded_(_round_nearest_(v.clone()), codes)
+
+
+def _round_nearest_(v: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
+    """In place: round fp32 v to the E2M1 grid, ties to even, saturate at +-6 (see docstring).
+
+    scratch: an int32 tensor of v's shape for the magic numbers (allocated when None).
+    """
+    binade = torch.bitwise_and(v.view(torch.int32), _EXP_MASK, out=scratch)
+    binade = binade.clamp_(_EXP_LO, _EXP_HI).view(torch.float32)  # 2^e, e in {0, 1, 2}
+    # m = 1.5 * 2^22 * 2^e is exact, and so is folding it into the add as alpha * binade
+    return v.add_(binade, alpha=_MAGIC).sub_(binade, alpha=_MAGIC).clamp_(-FP4_MAX, FP4_MAX)
+
+
+def _round_stochastic(v: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Stochastic rounding of v (already clamped to +-6) onto the E2M1 grid, as a new tensor.
+
+    In units of the local step (0.5 / 1 / 2 as for nearest), |v| = q + p with q an integer
+    and p in [0, 1): round up iff u < p with u ~ U[0, 1) (`uniforms`, v's shape, consumed).
+    Grid points have p = 0 and stay put; 6 is the top of the [4, 8) binade with step 2, so
+    nothing ever rounds past it.
+    """
+    mag = v.abs()
+    exponent = mag.view(torch.int32).bitwise_and(_EXP_MASK).clamp_(_EXP_LO, _EXP_HI)
+    # 1/step = 2^(1 - (e - 127)) has biased exponent 255 - e: one integer subtraction.
+    inv_step = torch.sub(_EXP_INV, exponent, out=exponent).view(torch.float32)
+    units = mag.mul_(inv_step)  # exact: a power-of-two multiply
+    low = torch.floor(units)
+    up = uniforms.lt_(units.sub_(low))  # units now holds p
+    return low.add_(up).div_(inv_step).copysign_(v)
+
+
+def _codes_from_rounded_(rounded: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """E2M1 values -> codes, in place in `codes` (uint8), which holds 1 where v < 0 on entry.
+
+    Consumes `rounded` (its bits are reused as the index). The exponent and top mantissa bit of
+    |r|, (bits >> 22) & 0x1FF, plus 512 for the sign index a small table. The sign comes from
+    v, not r, because r is +0 for a negative v that rounds to zero (code 8) while v = -0.0
+    must keep code 0.
+    """
+    key = rounded.view(torch.int32).bitwise_right_shift_(22).bitwise_and_(0x1FF)
+    key.add_(codes, alpha=512)
+    lut = _constants(rounded.device)["code_of_key"]
+    return torch.index_select(lut, 0, key.view(-1), out=codes.view(-1)).view(codes.shape)
+
+
+# --------------------------------------------------------------------------- scales
+
+
+_CHUNK_ELEMENTS = 1 << 22
+"""Elements per chunk on CPU (16 MiB of fp32). The element-wise chain runs chunk by chunk so its
+scratch is bounded and reused: beyond input and output, peak memory is a chunk or two
+however large the tensor. Chunks are large on purpose: every op is an OpenMP region, and on an
+oversubscribed machine each region waits for its slowest (descheduled) thread, so many small
+chunks measured several times slower on the shared 2-core box. On GPUs the whole tensor is one
+chunk."""
+
+
+def _blocked(x32: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
+    """View x as (T, r, C, 16): r = 1 row per 1x16 block, r = 16 rows per 16x16 tile."""
+    rows = block[0]
+    return x32.view(-1, rows, x32.shape[-1] // BLOCK, BLOCK)
+
+
+def _row_chunks(t: torch.Tensor) -> list[slice]:
+    rows, per_row = t.shape[0], t[0].numel()
+    step = max(1, _CHUNK_ELEMENTS // per_row) if t.device.type == "cpu" else rows
+    return [slice(i, min(i + step, rows)) for i in range(0, rows, step)]
+
+
+def _scratch(t: torch.Tensor, chunks: list[slice]) -> torch.Tensor:
+    """One flat fp32 buffer large enough for a chunk of t, reused for every chunk."""
+    rows = max(c.stop - c.start for c in chunks)
+    return torch.empty(rows * t[0].numel(), dtype=torch.float32, device=t.device)
+
+
+def _view(buffer: torch.Tensor, like: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+    return buffer[: like.numel()].view(dtype).view(like.shape)
+
+
+def _block_amax(xb: torch.Tensor, chunks: list[slice], scratch: torch.Tensor) -> torch.Tensor:
+    """(T, r, C, 16) -> (T, C) block (or tile) amax.
+
+    Reduced as int32: for non-negative floats the bit patterns order like the values (NaN's
+    pattern is above inf's, so a NaN still surfaces), and the integer max kernel skips the
+    NaN bookkeeping of the float one: about 1.5x faster on CPU.
+    """
+    out = torch.empty(xb.shape[0], xb.shape[2], dtype=torch.int32, device=xb.device)
+    for rows in chunks:
+        magnitudes = torch.abs(xb[rows], out=_view(scratch, xb[rows]))
+        per_row = magnitudes.view(torch.int32).amax(dim=3)
+        out[rows] = per_row.amax(dim=1) if per_row.shape[1] > 1 else per_row.squeeze(1)
+    return out.view(torch.float32)
+
+
+def tensor_scales(amax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step 2: (S_enc, S_dec) from the tensor amax, as 0-d fp32 tensors."""
+    c = _constants(amax.device)
+    s_enc = torch.minimum(torch.div(c["numerator"], amax), c["flt_max"])
+    s_enc = torch.where((amax == 0) | (s_enc == 0), c["one"], s_enc)
+    return s_enc, torch.div(c["one"], s_enc)
+
+
+def block_scales(block_amax: torch.Tensor, s_enc: torch.Tensor) -> torch.Tensor:
+    """Step 3: E4M3 decode scales (returned as exact fp32 values) from block amaxes."""
+    folded = s_enc * _constants(s_enc.device)["one_sixth"]
+    scaled = (block_amax * folded).clamp_(max=E4M3_MAX)
+    return scaled.to(torch.float8_e4m3fn).to(torch.float32)
+
+
+def encode_factors(scales: torch.Tensor, s_dec: torch.Tensor) -> torch.Tensor:
+    """Step 4: e = min(1 / fl(s * S_dec), FLT_MAX); zero scales give FLT_MAX."""
+    c = _constants(scales.device)
+    return torch.minimum(torch.div(c["one"], scales * s_dec), c["flt_max"])
+
+
+def _dequant_factors(scales: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:
+    """Step 7's per-block factor fl(fl(s * a) * fl(1/2688))."""
+    return (scales * amax) * _constants(scales.device)["inv_2688"]
+
+
+# --------------------------------------------------------------------------- RHT
+
+
+def rht(x: torch.Tensor) -> torch.Tensor:
+    """Rotate every 16-chunk c of the last dimension to c @ R, in fp32, rounded to bf16.
+
+    Returns a bfloat16 tensor of x's shape (TE keeps the rotated operand in bf16).
+    """
+    _check_floating(x, "rht")
+    _check_multiple_of_16(x, -1, "rht")
+    return _rotated(x).to(torch.bfloat16)
+
+
+def _rotated(x: torch.Tensor) -> torch.Tensor:
+    """rht(x) as float32 (bf16-rounded values), built chunk by chunk."""
+    chunks16 = x.reshape(-1, BLOCK)
+    out = torch.empty(chunks16.shape, dtype=torch.float32, device=x.device)
+    r = _constants(x.device)["rht"]
+    with _full_fp32_matmul():
+        for rows in _row_chunks(chunks16):
+            out[rows] = torch.mm(chunks16[rows].to(torch.float32), r).to(torch.bfloat16)
+    return out.view(x.shape)
+
+
+@contextlib.contextmanager
+def _full_fp32_matmul():
+    """TF32 (CUDA) or bf16 (oneDNN) fp32 matmuls would truncate x before the exact products."""
+    precision = torch.get_float32_matmul_precision()
+    if precision == "highest":
+        yield
+        return
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(precision)
+
+
+# --------------------------------------------------------------------------- the tensor
+
+
+@dataclass(frozen=True, eq=False)
+class NVFP4Tensor:
+    """A quantized tensor: E2M1 codes, E4M3 block decode scales and the FP32 tensor amax.
+
+    codes:  uint8, x's shape, one code (0..15) per element (use `pack()` for 2 per byte)
+    scales: float32 holding exact E4M3 values; (*lead, N/16) for 1x16 blocks along the last
+            dim, (*lead, M/16, N/16) for 16x16 tiles over the last two dims
+    amax:   0-d float32, the tensor amax a (after the RHT when `rotated`)
+    block:  (1, 16) or (16, 16); rotated: whether the codes encode rht(x) rather than x
+    """
+
+    codes: torch.Tensor
+    scales: torch.Tensor
+    amax: torch.Tensor
+    block: tuple[int, int] = BLOCK_1D
+    rotated: bool = False
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.codes.shape
+
+    @property
+    def global_scale(self) -> torch.Tensor:
+        """fl(a * fl(1/2688)): the tensor-level decode factor of TE's dequantize formula."""
+        return self.amax * _constants(self.amax.device)["inv_2688"]
+
+    @property
+    def scales_e4m3(self) -> torch.Tensor:
+        """The block scales as torch.float8_e4m3fn (lossless: they are E4M3 values)."""
+        return self.scales.to(torch.float8_e4m3fn)
+
+    @property
+    def scale_bits(self) -> torch.Tensor:
+        """The raw E4M3 bytes of the block scales (uint8)."""
+        return self.scales_e4m3.view(torch.uint8)
+
+    def _per_element(self, per_block: torch.Tensor) -> torch.Tensor:
+        values = decode_e2m1(self.codes).view(-1, self.block[0], self.shape[-1] // BLOCK, BLOCK)
+        factors = per_block.reshape(-1, 1, self.shape[-1] // BLOCK, 1)
+        return values.mul_(factors).view(self.shape)
+
+    def decode_blocks(self) -> torch.Tensor:
+        """value(code) * s as float32: the GEMM operand of NVFP4.md s4 (exact)."""
+        return self._per_element(self.scales)
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """value(code) * fl(fl(s * a) * fl(1/2688)): TE's dequantize kernel (NVFP4.md s2.7)."""
+        return self._per_element(_dequant_factors(self.scales, self.amax)).to(dtype)
+
+    def pack(self) -> torch.Tensor:
+        """Two codes per byte along the last dim: element 2i in the low nibble (TE's layout)."""
+        return pack_codes(self.codes)
+
+    @classmethod
+    def unpack(
+        cls,
+        packed: torch.Tensor,
+        scales: torch.Tensor,
+        amax: torch.Tensor,
+        block=BLOCK_1D,
+        rotated: bool = False,
+    ) -> NVFP4Tensor:
+        """Rebuild a tensor from `pack()`ed codes and its scales and amax."""
+        return cls(unpack_codes(packed), scales, amax, _normalize_block(block), rotated)
+
+    def __repr__(self) -> str:
+        return (
+            f"NVFP4Tensor(shape={tuple(self.shape)}, block={self.block}, "
+            f"amax={float(self.amax):.6g}, rotated={self.rotated}, device={self.codes.device})"
+        )
+
+
+def pack_codes(codes: torch.Tensor) -> torch.Tensor:
+    """uint8 codes (..., N) with N even -> uint8 bytes (..., N/2), low nibble first."""
+    if codes.dtype != torch.uint8:
+        raise TypeError(f"pack_codes: codes must be uint8, got {codes.dtype}")
+    if codes.shape[-1] % 2:
+        raise ValueError(f"pack_codes: last dim must be even, got shape {tuple(codes.shape)}")
+    if codes.numel() and int(codes.max()) > 15:
+        raise ValueError("pack_codes: codes must be 4-bit values in 0..15")
+    return codes[..., 0::2] | (codes[..., 1::2] << 4)
+
+
+def unpack_codes(packed: torch.Tensor) -> torch.Tensor:
+    """Inverse of pack_codes: uint8 bytes (..., N/2) -> uint8 codes (..., N)."""
+    if packed.dtype != torch.uint8:
+        raise TypeError(f"unpack_codes: packed must be uint8, got {packed.dtype}")
+    pairs = torch.stack([packed & 15, packed >> 4], dim=-1)
+    return pairs.view(*packed.shape[:-1], packed.shape[-1] * 2)
+
+
+# --------------------------------------------------------------------------- quantizers
+
+
+@dataclass
+class _Prepared:
+    """Steps 1-4 done: what the element-wise steps 5-6 need, chunk by chunk."""
+
+    xb: torch.Tensor  # (T, r, C, 16) fp32 view of what is quantized (x or its rotation)
+    scales: torch.Tensor  # (T, 1, C, 1) E4M3 decode scales as fp32
+    factors: torch.Tensor  # (T, 1, C, 1) encode factors e
+    amax: torch.Tensor  # 0-d fp32
+    block: tuple[int, int]
+    chunks: list[slice]
+    scratch: torch.Tensor  # one chunk of fp32 scratch
+    uniforms: torch.Tensor | None  # SR draws, xb's shape
+
+
+def _prepare(x, block, rounding, generator, rht_first, amax, what) -> _Prepared:
+    block = _check_args(x, block, rounding, generator, rht_first, what)
+    x32 = _rotated(x) if rht_first else x.to(torch.float32).contiguous()
+    xb = _blocked(x32, block)
+    chunks = _row_chunks(xb)
+    scratch = _scratch(xb, chunks)
+    b = _block_amax(xb, chunks, scratch)
+    own_amax = b.amax()
+    _check_finite(x, own_amax, what)
+    amax = own_amax if amax is None else _given_amax(amax, x32.device, what)
+    s_enc, s_dec = tensor_scales(amax)
+    scales = block_scales(b, s_enc)
+    factors = encode_factors(scales, s_dec)
+    uniforms = None
+    if rounding == "stochastic":  # one draw of the tensor's size, whatever the chunking
+        uniforms = torch.rand(xb.shape, generator=generator, device=xb.device)
+    return _Prepared(
+        xb,
+        scales[:, None, :, None],
+        factors[:, None, :, None],
+        amax,
+        block,
+        chunks,
+        scratch,
+        uniforms,
+    )
+
+
+def _encode_chunk(p: _Prepared, rows: slice, out: torch.Tensor) -> torch.Tensor:
+    """Step 5: v = fl(x * e) for one chunk, written into `out`."""
+    return torch.mul(p.xb[rows], p.factors[rows], out=out)
+
+
+def _round_chunk(p: _Prepared, rows: slice, v: torch.Tensor) -> torch.Tensor:
+    """Step 6 on one chunk: nearest in place (v is returned), stochastic as a new tensor."""
+    if p.uniforms is None:
+        return _round_nearest_(v, _view(p.scratch, v, torch.int32))
+    return _round_stochastic(v.clamp_(-FP4_MAX, FP4_MAX), p.uniforms[rows])
+
+
+def _given_amax(amax, device: torch.device, what: str) -> torch.Tensor:
+    amax = torch.as_tensor(amax, dtype=torch.float32, device=device)
+    if amax.numel() != 1:
+        raise ValueError(f"{what}: amax must be a single number, got shape {tuple(amax.shape)}")
+    amax = amax.reshape(())
+    if not (torch.isfinite(amax) & (amax >= 0)).item():
+        raise ValueError(f"{what}: amax must be finite and >= 0, got {amax.item()}")
+    return amax
+
+
+def _scales_shape(shape: torch.Size, block: tuple[int, int]) -> tuple[int, ...]:
+    if block == BLOCK_1D:
+        return (*shape[:-1], shape[-1] // BLOCK)
+    return (*shape[:-2], shape[-2] // BLOCK, shape[-1] // BLOCK)
+
+
+@torch.no_grad()
+def quantize(
+    x: torch.Tensor,
+    block=BLOCK_1D,
+    rounding: str = "nearest",
+    generator: torch.Generator | None = None,
+    rht: bool = False,
+    *,
+    amax: torch.Tensor | float | None = None,
+) -> NVFP4Tensor:
+    """Quantize x to NVFP4 along its last dim (1x16) or over 16x16 tiles of its last two dims.
+
+    rounding="stochastic" draws one torch.rand of x's size from `generator` (torch's global
+    generator when None). rht=True rotates the last dim first (`rht`), then quantizes 1x16 with
+    the post-rotation amax. Blocks always run along the last dim: callers transpose.
+
+    amax: the tensor amax to scale with instead of x's own (post-rotation) max|x|, for x a
+    slice of a larger tensor whose blocks are quantized with that tensor's scale (e.g. one
+    kernel tap of an im2col); blocks are independent given the tensor scale, so the slice
+    comes out exactly as inside the whole. It should be >= max|x| (else blocks saturate).
+    """
+    p = _prepare(x, block, rounding, generator, rht, amax, "quantize")
+    codes = torch.empty(p.xb.shape, dtype=torch.uint8, device=p.xb.device)
+    values = torch.empty_like(p.scratch)
+    for rows in p.chunks:
+        v = _encode_chunk(p, rows, _view(values, p.xb[rows]))
+        # the sign before rounding: -0.0 and underflows to -0.0 get code 0, as in TE
+        torch.lt(v, 0, out=codes[rows].view(torch.bool))
+        _codes_from_rounded_(_round_chunk(p, rows, v), codes[rows])
+    scales = p.scales.view(_scales_shape(x.shape, p.block))
+    return NVFP4Tensor(codes.view(x.shape), scales, p.amax, p.block, rht)
+
+
+@torch.no_grad()
+def fake_quantize(
+    x: torch.Tensor,
+    block=BLOCK_1D,
+    rounding: str = "nearest",
+    generator: torch.Generator | None = None,
+    rht: bool = False,
+    *,
+    amax: torch.Tensor | float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The QAT hot path: (value(code) * s as float32 of x's shape, amax as a 0-d fp32 tensor).
+
+    Equals `q = quantize(...)` then `(q.decode_blocks(), q.amax)` without building codes. A GEMM
+    of two such operands times alpha = a_A * a_B / (6*6*448*448) is the NVFP4 GEMM (NVFP4.md s4).
+    `amax` as for `quantize`; the returned amax is then that one.
+    """
+    p = _prepare(x, block, rounding, generator, rht, amax, "fake_quantize")
+    blocks = torch.empty_like(p.xb)
+    for rows in p.chunks:
+        rounded = _round_chunk(p, rows, _encode_chunk(p, rows, blocks[rows]))
+        torch.mul(rounded, p.scales[rows], out=blocks[rows])
+    return blocks.view(x.shape), p.amax
