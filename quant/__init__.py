@@ -1,0 +1,33 @@
+"""NVFP4 quantization-aware training, emulated in plain PyTorch (bit-exact with Transformer Engine).
+
+    import quant
+    quant.prepare(model, quant.get_recipe("2d_rht_sr"), generator=torch.Generator().manual_seed(0))
+
+- `quant.nvfp4`: the format (E2M1 elements, E4M3 block scales, FP32 tensor scale, RHT, SR).
+- `quant.recipes`: the paper's eight QAT recipes as data (`get_recipe`, `list_recipes`).
+- `quant.functional`: linear / conv2d / conv_transpose2d running three NVFP4 GEMMs per recipe.
+- `quant.prepare(model, recipe)`: convert a model's layers in place (`is_quantized`).
+- `quant.telemetry`: per-layer quantization error (SQNR, zero-scale blocks).
+- `quant.te`: the optional Transformer Engine backend (imports TE lazily).
+
+Only torch is imported here; see ../shared/NVFP4.md for the numerics this package implements.
+"""
+
+from quant import functional, nvfp4, recipes, telemetry
+from quant.modules import is_quantized, prepare, unprepare
+from quant.recipes import Operand, Recipe, get_recipe, list_recipes, register_recipe
+
+__all__ = [
+    "Operand",
+    "Recipe",
+    "functional",
+    "get_recipe",
+    "is_quantized",
+    "list_recipes",
+    "nvfp4",
+    "prepare",
+    "recipes",
+    "register_recipe",
+    "telemetry",
+    "unprepare",
+]

@@ -1,0 +1,633 @@
+"""The emulated NVFP4 GEMM, and how Linear, Conv2d and ConvTranspose2d map onto it.
+
+One GEMM (NVFP4.md s4)
+----------------------
+`out = A @ B^T` contracts over K. With both operands quantized along K (1x16 blocks, or 16x16
+tiles for a weight), each is a tensor of decoded blocks times its tensor scale:
+
+    A  ~  (a_A / 2688) * A_hat,     A_hat = value(code) * s_e4m3     (exact in bf16 and fp32)
+
+so the tensor-core result is
+
+    out = alpha * (A_hat @ B_hat^T),     alpha = a_A * a_B / (6*6*448*448)
+
+`nvfp4.fake_quantize` returns exactly (A_hat, a_A); the product runs in fp32 and alpha multiplies
+the output once, which equals the hardware result up to fp32 summation order. A high-precision
+(HP) operand enters as itself with no factor, so a mixed GEMM (HP dY times the forward's Q(W)
+in `chain_rule`) gets alpha = a_W / 2688. Outputs are never quantized.
+
+Operand layouts: "contraction last"
+-----------------------------------
+The quantizer blocks the last dimension, so every operand is permuted to put its GEMM's
+contraction dimension last, quantized, and permuted back: the decoded tensor is then fed to the
+*ordinary* torch op (F.linear, conv2d, conv_transpose2d or their input/weight gradients), which
+performs the same multiply-adds as the GEMM. Each layer kind's `layouts` table lists the
+permutation of every (GEMM, role): for a Linear `Y = X W^T` (X: M x K, W: N x K, dY: M x N)
+
+    FPROP  X along K, W along K      DGRAD  dY along N, W^T along N      WGRAD  dY^T, X^T along M
+
+For 16x16 weight tiles the rows before the contraction dim are ordered (kernel taps, other
+channel) so a tile never straddles a tap. A tile is transpose-invariant (same 256 elements, same
+amax, same scale), so Q2(W^T) == Q2(W)^T exactly and DGRAD reuses the forward's tiles (NVFP4.md
+s5: "Q2(W)^T same tiles"). WGRAD contracts over tokens; a token count that is not a multiple of
+16 (a batch of 257-token ViT images, the last batch of an epoch) is zero-padded: zero rows add
+nothing to the product and change no amax.
+
+Convolutions: the implicit GEMM without im2col
+----------------------------------------------
+A Conv2d is the GEMM `Y (T x Cout) = A (T x K) @ W_mat^T` with T = batch x output pixels, A the
+channels-last im2col of X and K ordered (kh, kw, cin) (NVFP4.md s4). Blocks of 16 along K then
+lie inside one kernel tap, along cin, at one input pixel, so:
+
+- FPROP: quantizing A along K == quantizing X along C at every pixel (NHWC), once; W along cin
+  per tap. The global amax of A is X's over the pixels the kernel reads (pixels it never reads
+  are zeroed first); padding zeros stay zero. Then conv2d(X_hat, W_hat) * alpha.
+- DGRAD: dA = dY @ W_mat contracts over Cout: dY along C per pixel, W along Cout per tap, then
+  col2im, which is exactly conv2d's input gradient of the decoded tensors (times alpha).
+- WGRAD: dW_mat = dY^T @ A contracts over tokens. dY is blocked along tokens once; A^T is blocked
+  along tokens *per tap*: tap (i, j) reads the strided slice X[:, :, i*d::s, j*d::s], and its
+  blocks differ from other taps', so the slices are quantized separately (a few at a time,
+  never the whole im2col) with the amax of the whole im2col, and dW[:, :, i, j] = dY_hat^T @
+  slice_hat. When Wo is a multiple of 16, taps that read interleaved rows share their blocks and
+  are quantized once (`Slab`). With the RHT the rotation runs along tokens in both operands, and
+  the amax is taken after rotation over all taps (a first pass).
+
+ConvTranspose2d is the adjoint: its FPROP is a Conv2d DGRAD (X along Cin per pixel, W along Cin
+per tap, then conv_transpose2d), its DGRAD a Conv2d FPROP of dY, and its WGRAD the same per-tap
+GEMM with the roles swapped (dY is the sliced operand, X is blocked along tokens once).
+tests/quant/test_conv.py checks all of this against unfold -> quantized Linear GEMMs -> fold.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from quant import nvfp4
+from quant.recipes import Operand
+
+BLOCK = 16
+TENSOR_SCALE = 2688.0  # 6 * 448: a / 2688 is the FP32 tensor-level decode factor
+ALPHA_DENOMINATOR = TENSOR_SCALE * TENSOR_SCALE  # 6*6*448*448, exact in fp32
+
+#: observe(slot, reference, blocks, amax, block): telemetry hook, called with an operand in its
+#: "contraction last" 2-D layout (reference rotated when the operand is), see quant.telemetry.
+Observer = Callable[[str, Tensor, Tensor, Tensor, tuple[int, int]], None]
+
+
+class GemmOperand(NamedTuple):
+    """One GEMM operand in its layer's natural layout.
+
+    values: decoded blocks value(code) * s_e4m3 (fp32) when quantized, else the HP tensor.
+    amax:   the tensor amax of a quantized operand (0-d fp32); None for an HP operand.
+    """
+
+    values: Tensor
+    amax: Tensor | None
+
+
+class Layout(NamedTuple):
+    """How an operand is put in "contraction last" form: permute, then flatten the trailing
+    `contract` dims into the contraction axis and all others into rows."""
+
+    perm: tuple[int, ...]
+    contract: int = 1
+
+
+# --------------------------------------------------------------------------- the GEMM itself
+
+
+def alpha(a: GemmOperand, b: GemmOperand) -> Tensor | None:
+    """The output factor of a GEMM: a_A a_B / 2688^2, a / 2688 if one operand is HP, else None."""
+    if a.amax is not None and b.amax is not None:
+        return (a.amax * b.amax) / ALPHA_DENOMINATOR
+    amax = a.amax if a.amax is not None else b.amax
+    return None if amax is None else amax / TENSOR_SCALE
+
+
+def run_gemm(
+    op: Callable[[Tensor, Tensor], Tensor],
+    a: GemmOperand,
+    b: GemmOperand,
+    out_dtype: torch.dtype | None = None,
+) -> Tensor:
+    """op(a, b) on decoded operands, in fp32, times alpha; both HP: the plain op in their dtype.
+
+    The result is cast to `out_dtype` when given (None keeps fp32 for a quantized GEMM).
+    """
+    factor = alpha(a, b)
+    if factor is None:
+        out = op(a.values, b.values)
+    else:
+        out = op(a.values.float(), b.values.float()).mul_(factor)
+    return out if out_dtype is None else out.to(out_dtype)
+
+
+# --------------------------------------------------------------------------- operands
+
+
+def rounding_of(op: Operand) -> str:
+    return "stochastic" if op.stochastic else "nearest"
+
+
+def check_generator(op: Operand, generator: torch.Generator | None, slot: str) -> None:
+    if op.stochastic and generator is None:
+        raise ValueError(
+            f"{slot} uses stochastic rounding and needs a torch.Generator: pass generator=... "
+            "(quant.prepare(model, recipe, generator=...)); the trial owns and checkpoints it"
+        )
+
+
+def quantize_along(
+    t: Tensor,
+    layout: Layout,
+    op: Operand,
+    generator: torch.Generator | None = None,
+    *,
+    slot: str = "operand",
+    observe: Observer | None = None,
+    keep_2d: bool = False,
+) -> GemmOperand:
+    """Quantize `t` along the contraction dim that `layout` names.
+
+    Values come back in t's layout, or with `keep_2d` as the (rows, contraction) matrix, where
+    a contraction length that is not a multiple of 16 is zero-padded (token dims only: WGRAD).
+    """
+    check_generator(op, generator, slot)
+    permuted = t.permute(layout.perm)
+    lead = permuted.dim() - layout.contract
+    length = math.prod(permuted.shape[lead:])
+    flat = permuted.reshape(-1, length)
+    short = -length % BLOCK
+    if short:
+        flat = F.pad(flat, (0, short))
+    blocks, amax = nvfp4.fake_quantize(
+        flat,
+        block=op.block,
+        rounding=rounding_of(op),
+        generator=generator if op.stochastic else None,
+        rht=op.rht,
+    )
+    if observe is not None:
+        observe(slot, nvfp4.rht(flat) if op.rht else flat, blocks, amax, op.block)
+    if keep_2d:
+        return GemmOperand(blocks, amax)
+    if short:
+        if op.rht:  # the rotation mixed the padding into the real positions: it must stay
+            raise ValueError(f"{slot}: a rotated operand with a padded contraction stays 2-D")
+        blocks = blocks[:, :length]
+    values = blocks.reshape(permuted.shape).permute(_inverse(layout.perm))
+    return GemmOperand(values, amax)
+
+
+def as_token_matrix(t: Tensor, layout: Layout) -> Tensor:
+    """An HP (or already decoded) operand in the same (rows, padded tokens) form, unquantized."""
+    permuted = t.permute(layout.perm)
+    length = math.prod(permuted.shape[permuted.dim() - layout.contract :])
+    flat = permuted.reshape(-1, length)
+    return F.pad(flat, (0, -length % BLOCK)) if length % BLOCK else flat
+
+
+def _inverse(perm: tuple[int, ...]) -> tuple[int, ...]:
+    inverse = [0] * len(perm)
+    for position, axis in enumerate(perm):
+        inverse[axis] = position
+    return tuple(inverse)
+
+
+# --------------------------------------------------------------------------- convolution helpers
+
+LINEAR = "linear"
+CONV2D = "conv2d"
+CONV_TRANSPOSE2D = "conv_transpose2d"
+
+
+class ConvGeometry(NamedTuple):
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    output_padding: tuple[int, int] = (0, 0)
+
+
+def conv_output_hw(hw, kernel: tuple[int, int], geo: ConvGeometry) -> tuple[int, int]:
+    """Output size of a Conv2d (equally: a ConvTranspose2d's input size from its output's)."""
+    return tuple(
+        (hw[d] + 2 * geo.padding[d] - geo.dilation[d] * (kernel[d] - 1) - 1) // geo.stride[d] + 1
+        for d in range(2)
+    )
+
+
+def read_positions(
+    size: int, out: int, kernel: int, stride: int, pad: int, dilation: int
+) -> Tensor:
+    """Boolean mask of the input positions (along one spatial dim) that some kernel tap reads."""
+    used = torch.zeros(size, dtype=torch.bool)
+    for tap in range(kernel):
+        index = torch.arange(out) * stride + tap * dilation - pad
+        used[index[(index >= 0) & (index < size)]] = True
+    return used
+
+
+def zero_unread(t: Tensor, kernel: tuple[int, int], geo: ConvGeometry) -> Tensor:
+    """`t` (B, C, H, W) with the pixels no kernel tap reads set to 0: its amax is the im2col's.
+
+    The usual layers read every pixel and `t` comes back unchanged (no copy).
+    """
+    out_hw = conv_output_hw(t.shape[2:], kernel, geo)
+    rows, cols = (
+        read_positions(
+            t.shape[2 + d], out_hw[d], kernel[d], geo.stride[d], geo.padding[d], geo.dilation[d]
+        )
+        for d in range(2)
+    )
+    if bool(rows.all()) and bool(cols.all()):
+        return t
+    mask = (rows[:, None] & cols[None, :]).to(device=t.device, dtype=t.dtype)
+    return t * mask
+
+
+#: Upper bound on the elements quantized in one call by `tapped_weight_grad` (at least one slab
+#: is always taken), so the extra memory stays small and the full im2col never exists.
+TAP_BATCH_ELEMENTS = 1 << 22
+
+
+class Slab(NamedTuple):
+    """Rows of the zero-padded source that some kernel taps read, as quantized together.
+
+    The slab holds padded rows `first_row + stride * m` (m < rows) at the columns of kernel
+    column `j`; tap (i, j) reads its rows `offset .. offset + Ho - 1`. When Wo is a multiple of
+    16, token blocks never straddle an output row, so taps whose rows interleave by whole
+    strides (kernel rows i and i + stride for stride 2, every i for stride 1) share blocks:
+    one slab quantizes them all (about half the elements of per-tap slicing for the CNN's
+    4x4 / stride-2 layers, a third for 3x3 / stride 1).
+    """
+
+    j: int
+    first_row: int
+    rows: int
+    taps: tuple[tuple[int, int], ...]  # (i, offset)
+
+
+def tap_slabs(kernel: tuple[int, int], geo: ConvGeometry, out_hw: tuple[int, int]) -> list[Slab]:
+    """The slabs covering every kernel tap (one tap per slab when blocks cannot be shared)."""
+    (kh, kw), sh, dh = kernel, geo.stride[0], geo.dilation[0]
+    ho, wo = out_hw
+    classes: dict[int, list[int]] = {}
+    for i in range(kh):
+        classes.setdefault(i * dh % sh, []).append(i)
+    starts = {c: [i * dh // sh for i in members] for c, members in classes.items()}
+    shared = wo % BLOCK == 0 and all(
+        b - a <= ho for s in starts.values() for a, b in zip(s, s[1:], strict=False)
+    )
+    slabs = []
+    for j in range(kw):
+        if not shared:
+            slabs += [Slab(j, i * dh, ho, ((i, 0),)) for i in range(kh)]
+            continue
+        for c, members in classes.items():
+            lo = min(starts[c])
+            taps = tuple((i, s - lo) for i, s in zip(members, starts[c], strict=True))
+            slabs.append(Slab(j, c + sh * lo, ho + max(starts[c]) - lo, taps))
+    return slabs
+
+
+def tapped_weight_grad(
+    plain: GemmOperand,
+    source: Tensor,
+    op: Operand,
+    kernel: tuple[int, int],
+    geo: ConvGeometry,
+    generator: torch.Generator | None = None,
+    *,
+    slot: str = "wgrad",
+    observe: Observer | None = None,
+) -> Tensor:
+    """WGRAD of a convolution whose im2col operand is quantized along tokens, slab by slab.
+
+    plain:  the other operand as a (Co, padded tokens) matrix, blocked along tokens or HP.
+    source: the HP tensor read through the taps, (B, Ci, H, W) (X of a Conv2d, dY of a
+            ConvTranspose2d). Returns dW (Co, Ci, kh, kw) in fp32 with alpha applied.
+
+    Every slab (see `Slab`) is quantized with the amax of the whole im2col (`amax=`): the
+    pixels the kernel reads, or, with the RHT, the largest rotated value over all slabs (a first
+    pass). Slabs of equal size go through the quantizer and the GEMM in batches.
+    """
+    check_generator(op, generator, slot)
+    ho, wo = conv_output_hw(source.shape[2:], kernel, geo)
+    batch, ci = source.shape[:2]
+    g = plain.values.float()
+    co, padded_tokens = g.shape
+    (ph, pw), (sh, sw), dw = geo.padding, geo.stride, geo.dilation[1]
+    padded = F.pad(source.float(), (pw, pw, ph, ph)).transpose(0, 1)  # (Ci, B, Hp, Wp)
+
+    def load(slabs: list[Slab]) -> Tensor:
+        """The slabs' rows, (len * Ci, tokens), tokens zero-padded to a multiple of 16."""
+        length = batch * slabs[0].rows * wo
+        out = padded.new_zeros((len(slabs), ci, length + (-length % BLOCK)))
+        for k, s in enumerate(slabs):
+            rows = slice(s.first_row, s.first_row + sh * (s.rows - 1) + 1, sh)
+            cols = slice(s.j * dw, s.j * dw + sw * (wo - 1) + 1, sw)
+            out[k, :, :length].view(ci, batch, s.rows, wo).copy_(padded[:, :, rows, cols])
+        out = out.view(len(slabs) * ci, -1)
+        return nvfp4.rht(out) if op.rht else out
+
+    batches = _slab_batches(tap_slabs(kernel, geo, (ho, wo)), ci * batch * wo)
+    cache: list[Tensor] | None = None
+    if op.rht:  # the rotated im2col's amax needs every slab rotated first; keep them if small
+        cache, amaxes = [], []
+        for slabs in batches:
+            rotated = load(slabs)
+            amaxes.append(rotated.abs().amax())
+            if cache is not None and (len(cache) + 1) * rotated.numel() <= 2 * source.numel():
+                cache.append(rotated)
+            else:
+                cache = None
+        amax = torch.stack(amaxes).amax().float()
+    else:
+        amax = zero_unread(source, kernel, geo).abs().amax().float()
+    grad = g.new_empty((co, ci, kernel[0], kernel[1]))
+    for n, slabs in enumerate(batches):
+        rows = cache[n] if cache is not None else load(slabs)
+        blocks, _ = nvfp4.fake_quantize(
+            rows,
+            rounding=rounding_of(op),
+            generator=generator if op.stochastic else None,
+            amax=amax,
+        )
+        if observe is not None:
+            observe(slot, rows, blocks, amax, (1, BLOCK))
+        taps, matrix = _tap_matrix(blocks, slabs, ci, batch, wo, ho)
+        products = (g @ matrix.T).view(co, len(taps), ci)
+        for k, (i, j) in enumerate(taps):
+            grad[:, :, i, j] = products[:, k]
+    return grad.mul_(alpha(plain, GemmOperand(source, amax)))
+
+
+def _slab_batches(slabs: list[Slab], elements_per_row: int) -> list[list[Slab]]:
+    """Consecutive slabs of equal size, at most TAP_BATCH_ELEMENTS elements per batch."""
+    batches: list[list[Slab]] = []
+    for slab in slabs:
+        last = batches[-1] if batches else None
+        size = elements_per_row * slab.rows
+        if last and last[0].rows == slab.rows and (len(last) + 1) * size <= TAP_BATCH_ELEMENTS:
+            last.append(slab)
+        else:
+            batches.append([slab])
+    return batches
+
+
+def _tap_matrix(blocks: Tensor, slabs: list[Slab], ci: int, batch: int, wo: int, ho: int):
+    """Every tap's quantized (Ci, tokens) slice, stacked: ([(i, j)], (taps * Ci, tokens))."""
+    rows = slabs[0].rows
+    taps = [(i, s.j) for s in slabs for i, _ in s.taps]
+    if rows == ho:  # one tap per slab: the blocks already are the tap matrix
+        return taps, blocks
+    length = batch * rows * wo
+    per_slab = blocks.view(len(slabs), ci, -1)[:, :, :length].view(len(slabs), ci, batch, rows, wo)
+    slices = [per_slab[k, :, :, off : off + ho] for k, s in enumerate(slabs) for _, off in s.taps]
+    return taps, torch.stack(slices).view(len(taps) * ci, batch * ho * wo)
+
+
+# --------------------------------------------------------------------------- layer kinds
+
+
+class LayerGemms:
+    """The three GEMMs of one layer kind on natural-layout operands.
+
+    `layouts` maps (gemm, role) to the operand's "contraction last" layout; `fprop`, `dgrad`
+    and `wgrad` take prepared operands (GemmOperand) except `wgrad`, which prepares its own
+    because convolutions quantize the im2col side per kernel tap.
+    """
+
+    kind = "layer"
+    layouts: dict[tuple[str, str], Layout] = {}
+
+    def operand(
+        self,
+        gemm: str,
+        role: str,
+        t: Tensor,
+        op: Operand,
+        generator: torch.Generator | None = None,
+        observe: Observer | None = None,
+    ) -> GemmOperand:
+        """`t` as the (gemm, role) operand: HP as is, or quantized along that GEMM's contraction."""
+        if op.mode == "hp":
+            return GemmOperand(t, None)
+        if op.mode != "quantize":
+            raise ValueError(f"{gemm}_{role}: mode {op.mode!r} needs the forward's saved operand")
+        layout = self.layouts[(gemm, role)]
+        return quantize_along(
+            self.prepare_source(gemm, role, t),
+            layout,
+            op,
+            generator,
+            slot=f"{gemm}_{role}",
+            observe=observe,
+        )
+
+    def prepare_source(self, gemm: str, role: str, t: Tensor) -> Tensor:
+        """Hook: the tensor whose amax is the GEMM operand's (convolutions drop unread pixels)."""
+        return t
+
+    def broadcast_bias(self, bias: Tensor) -> Tensor:
+        """The bias shaped to add onto the output (channels are dim 1 for convolutions)."""
+        return bias[:, None, None] if self.kind != LINEAR else bias
+
+    def bias_grad(self, dy: Tensor) -> Tensor:
+        return dy.sum(dim=(0, 2, 3)) if self.kind != LINEAR else dy.sum(dim=0)
+
+
+class LinearGemms(LayerGemms):
+    """Y = X W^T: x (M, K), w (N, K), dy (M, N); leading dims of x are flattened by the caller."""
+
+    kind = LINEAR
+    layouts = {
+        ("fprop", "input"): Layout((0, 1)),
+        ("fprop", "weight"): Layout((0, 1)),
+        ("dgrad", "grad_output"): Layout((0, 1)),
+        ("dgrad", "weight"): Layout((1, 0)),
+        ("wgrad", "grad_output"): Layout((1, 0)),
+        ("wgrad", "input"): Layout((1, 0)),
+    }
+
+    def fprop(self, x: GemmOperand, w: GemmOperand, out_dtype: torch.dtype) -> Tensor:
+        return run_gemm(F.linear, x, w, out_dtype)
+
+    def dgrad(self, dy: GemmOperand, w: GemmOperand, x_shape, out_dtype: torch.dtype) -> Tensor:
+        return run_gemm(torch.mm, dy, w, out_dtype)
+
+    def wgrad(
+        self,
+        dy: Tensor,
+        x: Tensor | GemmOperand,
+        ops: tuple[Operand, Operand],
+        generator: torch.Generator | None,
+        observe: Observer | None,
+        out_dtype: torch.dtype,
+    ) -> Tensor:
+        dy_op, x_op = ops
+        x_operand = x if isinstance(x, GemmOperand) else None
+        x_tensor = x.values if x_operand is not None else x
+        short = -dy.shape[0] % BLOCK
+        if short and (dy_op.mode == "quantize" or x_op.mode == "quantize"):
+            # Zero token rows: the product and every amax are unchanged (see module docstring).
+            dy = F.pad(dy, (0, 0, 0, short))
+            x_tensor = F.pad(x_tensor, (0, 0, 0, short))
+        a = self.operand("wgrad", "grad_output", dy, dy_op, generator, observe)
+        if x_operand is not None:
+            b = GemmOperand(x_tensor, x_operand.amax)
+        else:
+            b = self.operand("wgrad", "input", x_tensor, x_op, generator, observe)
+        return run_gemm(lambda g, i: g.t() @ i, a, b, out_dtype)
+
+
+class _ConvGemms(LayerGemms):
+    """Shared by Conv2d and ConvTranspose2d: kernel geometry and the tapped WGRAD."""
+
+    tapped_role = "input"
+
+    def __init__(self, weight_shape, kernel: tuple[int, int], geometry: ConvGeometry):
+        self.weight_shape = tuple(weight_shape)
+        self.kernel = tuple(kernel)
+        self.geometry = geometry
+
+    def wgrad(
+        self,
+        dy: Tensor,
+        x: Tensor | GemmOperand,
+        ops: tuple[Operand, Operand],
+        generator: torch.Generator | None,
+        observe: Observer | None,
+        out_dtype: torch.dtype,
+    ) -> Tensor:
+        tensors = {"grad_output": dy, "input": x}
+        op_of = {"grad_output": ops[0], "input": ops[1]}
+        tapped = self.tapped_role
+        plain = "input" if tapped == "grad_output" else "grad_output"
+        if op_of[tapped].mode == "quantize":
+            plain_2d = self._token_matrix(tensors[plain], plain, op_of[plain], generator, observe)
+            grad = tapped_weight_grad(
+                plain_2d,
+                tensors[tapped],
+                op_of[tapped],
+                self.kernel,
+                self.geometry,
+                generator,
+                slot=f"wgrad_{tapped}",
+                observe=observe,
+            )
+            return grad.to(out_dtype)
+        operands = {
+            role: t
+            if isinstance(t, GemmOperand)
+            else self.operand("wgrad", role, t, op_of[role], generator, observe)
+            for role, t in tensors.items()
+        }
+        return run_gemm(self._weight_grad, operands[tapped], operands[plain], out_dtype)
+
+    def _token_matrix(self, t, role, op, generator, observe) -> GemmOperand:
+        """The non-tapped WGRAD operand as a (channels, padded tokens) matrix."""
+        layout = Layout((1, 0, 2, 3), contract=3)
+        if isinstance(t, GemmOperand):
+            return GemmOperand(as_token_matrix(t.values, layout), t.amax)
+        if op.mode == "hp":
+            return GemmOperand(as_token_matrix(t, layout), None)
+        return quantize_along(
+            t, layout, op, generator, slot=f"wgrad_{role}", observe=observe, keep_2d=True
+        )
+
+    def _weight_grad(self, source: Tensor, plain: Tensor) -> Tensor:
+        """dW from the tapped tensor and the other operand, both unsliced (torch's kernel)."""
+        geo = self.geometry
+        return torch.nn.grad.conv2d_weight(
+            source, self.weight_shape, plain, geo.stride, geo.padding, geo.dilation
+        )
+
+
+class Conv2dGemms(_ConvGemms):
+    """x (B, Ci, H, W), w (Co, Ci, kh, kw), dy (B, Co, Ho, Wo); groups = 1."""
+
+    kind = CONV2D
+    tapped_role = "input"
+    layouts = {
+        ("fprop", "input"): Layout((0, 2, 3, 1)),
+        ("fprop", "weight"): Layout((2, 3, 0, 1)),
+        ("dgrad", "grad_output"): Layout((0, 2, 3, 1)),
+        ("dgrad", "weight"): Layout((2, 3, 1, 0)),
+        ("wgrad", "grad_output"): Layout((1, 0, 2, 3), contract=3),
+    }
+
+    def prepare_source(self, gemm: str, role: str, t: Tensor) -> Tensor:
+        if (gemm, role) == ("fprop", "input"):
+            return zero_unread(t, self.kernel, self.geometry)
+        return t
+
+    def fprop(self, x: GemmOperand, w: GemmOperand, out_dtype: torch.dtype) -> Tensor:
+        geo = self.geometry
+        return run_gemm(
+            lambda a, b: F.conv2d(a, b, None, geo.stride, geo.padding, geo.dilation),
+            x,
+            w,
+            out_dtype,
+        )
+
+    def dgrad(self, dy: GemmOperand, w: GemmOperand, x_shape, out_dtype: torch.dtype) -> Tensor:
+        geo = self.geometry
+        return run_gemm(
+            lambda g, b: torch.nn.grad.conv2d_input(
+                x_shape, b, g, geo.stride, geo.padding, geo.dilation
+            ),
+            dy,
+            w,
+            out_dtype,
+        )
+
+
+class ConvTranspose2dGemms(_ConvGemms):
+    """x (B, Ci, H, W), w (Ci, Co, kh, kw), dy (B, Co, Ho, Wo); groups = 1.
+
+    The adjoint of a Conv2d whose input is dY and whose output is X: FPROP is that conv's
+    input gradient, DGRAD that conv's forward, WGRAD its weight gradient with dY tapped.
+    """
+
+    kind = CONV_TRANSPOSE2D
+    tapped_role = "grad_output"
+    layouts = {
+        ("fprop", "input"): Layout((0, 2, 3, 1)),
+        ("fprop", "weight"): Layout((2, 3, 1, 0)),
+        ("dgrad", "grad_output"): Layout((0, 2, 3, 1)),
+        ("dgrad", "weight"): Layout((2, 3, 0, 1)),
+        ("wgrad", "input"): Layout((1, 0, 2, 3), contract=3),
+    }
+
+    def prepare_source(self, gemm: str, role: str, t: Tensor) -> Tensor:
+        if (gemm, role) == ("dgrad", "grad_output"):
+            # output_padding rows/cols of Y get no contribution: no tap reads them.
+            return zero_unread(t, self.kernel, self.geometry)
+        return t
+
+    def fprop(self, x: GemmOperand, w: GemmOperand, out_dtype: torch.dtype) -> Tensor:
+        geo = self.geometry
+        return run_gemm(
+            lambda a, b: F.conv_transpose2d(
+                a, b, None, geo.stride, geo.padding, geo.output_padding, 1, geo.dilation
+            ),
+            x,
+            w,
+            out_dtype,
+        )
+
+    def dgrad(self, dy: GemmOperand, w: GemmOperand, x_shape, out_dtype: torch.dtype) -> Tensor:
+        geo = self.geometry
+        return run_gemm(
+            lambda g, b: F.conv2d(g, b, None, geo.stride, geo.padding, geo.dilation),
+            dy,
+            w,
+            out_dtype,
+        )

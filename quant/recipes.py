@@ -1,0 +1,327 @@
+"""The eight NVFP4 QAT recipes of the paper, as data.
+
+A quantized layer `Y = X W^T` runs three GEMMs (NVFP4.md section 4). Each GEMM has two operands,
+named here by the tensor they come from:
+
+    GEMM    computes            contracts over   operands (role)
+    fprop   Y  = X  @ W^T        K (in features)  input X,        weight W
+    dgrad   dX = dY @ W          N (out features) grad_output dY, weight W
+    wgrad   dW = dY^T @ X        M (tokens)       grad_output dY, input X
+
+A recipe says, for each of these six (GEMM, role) slots, how the operand reaches the GEMM
+(`Operand`):
+
+- `mode="hp"`: unquantized (fp32 on CPU; the autocast dtype on a GPU). For backward slots this is
+  the *original* high-precision tensor (the straight-through estimator of `fwd_only`).
+- `mode="quantize"`: quantized by this GEMM, with 1x16 blocks along its contraction dimension
+  (or 16x16 tiles, `block=(16, 16)`), optionally after the random Hadamard transform (`rht`),
+  with round-to-nearest or stochastic rounding (`stochastic`). A backward slot re-quantizes the
+  original tensor along its own contraction dimension.
+- `mode="fprop"` (backward input/weight slots only): reuse the very tensor quantized in FPROP,
+  blocks still along K. Only an emulator can do this (a GPU keeps no FP4 copy along K for the
+  backward); the paper's `chain_rule` recipe needs it.
+
+The table of NVFP4.md section 5 is then eight rows of data in `_REGISTRY`; the autograd code in
+`quant.functional` never branches on a recipe's name, so a ninth recipe is one more
+`register_recipe(Recipe(...))` call. Rules that keep a recipe meaningful are checked on
+construction (`Recipe.__post_init__`): stochastic rounding only on gradients (NVFP4.md s3), the
+RHT only on 1x16 blocks, `fprop` reuse only for a slot whose tensor FPROP quantized.
+
+Names are stable strings (they appear in trial keys and MLflow tags); `paper_id` (0-7) only
+orders tables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+Mode = Literal["hp", "quantize", "fprop"]
+MODES: tuple[str, ...] = ("hp", "quantize", "fprop")
+BLOCKS: tuple[tuple[int, int], ...] = ((1, 16), (16, 16))
+
+#: (gemm, role) of every operand slot, in table order; `Recipe` has one field per slot,
+#: named f"{gemm}_{role}".
+SLOTS: tuple[tuple[str, str], ...] = (
+    ("fprop", "input"),
+    ("fprop", "weight"),
+    ("dgrad", "grad_output"),
+    ("dgrad", "weight"),
+    ("wgrad", "grad_output"),
+    ("wgrad", "input"),
+)
+GEMMS: tuple[str, ...] = ("fprop", "dgrad", "wgrad")
+
+
+@dataclass(frozen=True)
+class Operand:
+    """How one operand of one GEMM is prepared (see the module docstring)."""
+
+    mode: Mode = "hp"
+    block: tuple[int, int] = (1, 16)
+    rht: bool = False
+    stochastic: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"Operand.mode must be one of {MODES}, got {self.mode!r}")
+        object.__setattr__(self, "block", tuple(self.block))
+        if self.block not in BLOCKS:
+            raise ValueError(f"Operand.block must be one of {BLOCKS}, got {self.block!r}")
+        if self.mode != "quantize" and (self.block != (1, 16) or self.rht or self.stochastic):
+            raise ValueError(
+                f"Operand(mode={self.mode!r}) takes no block/rht/stochastic settings: "
+                "they describe a quantization this operand does not perform"
+            )
+        if self.rht and self.block != (1, 16):
+            raise ValueError("Operand.rht needs 1x16 blocks: the RHT rotates 16-element chunks")
+
+    @property
+    def quantized(self) -> bool:
+        return self.mode != "hp"
+
+    def notation(self, symbol: str) -> str:
+        """This operand in NVFP4.md section 5 notation: HP X, Q(X), Q2(W), Q(H dY)+SR, fwd Q(X)."""
+        if self.mode == "hp":
+            return f"HP {symbol}"
+        if self.mode == "fprop":
+            return f"fwd Q({symbol})"
+        name = "Q2" if self.block == (16, 16) else "Q"
+        rotated = "H " if self.rht else ""
+        return f"{name}({rotated}{symbol})" + ("+SR" if self.stochastic else "")
+
+
+HP = Operand()
+Q = Operand("quantize")
+Q2 = Operand("quantize", block=(16, 16))
+Q_SR = Operand("quantize", stochastic=True)
+QH = Operand("quantize", rht=True)
+QH_SR = Operand("quantize", rht=True, stochastic=True)
+FWD = Operand("fprop")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One QAT recipe: a name, its paper id and display name, and the six operand slots."""
+
+    name: str
+    paper_id: int | None
+    display_name: str
+    fprop_input: Operand = HP
+    fprop_weight: Operand = HP
+    dgrad_grad_output: Operand = HP
+    dgrad_weight: Operand = HP
+    wgrad_grad_output: Operand = HP
+    wgrad_input: Operand = HP
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.name.replace("_", "").isalnum():
+            raise ValueError(f"Recipe.name must be a non-empty identifier, got {self.name!r}")
+        for gemm, role in SLOTS:
+            op = self.operand(gemm, role)
+            if not isinstance(op, Operand):
+                raise TypeError(f"recipe {self.name!r}: {gemm}_{role} must be an Operand")
+            where = f"recipe {self.name!r}, {gemm}_{role}"
+            if op.stochastic and role != "grad_output":
+                raise ValueError(
+                    f"{where}: stochastic rounding is for gradients only (NVFP4.md s3)"
+                )
+            if op.mode == "fprop":
+                if gemm == "fprop" or role == "grad_output":
+                    raise ValueError(
+                        f"{where}: mode 'fprop' reuses a forward tensor; only the "
+                        "backward input/weight slots have one"
+                    )
+                if self.operand("fprop", role).mode != "quantize":
+                    raise ValueError(f"{where}: mode 'fprop' needs fprop_{role} to be quantized")
+        for gemm in GEMMS:
+            a, b = (self.operand(g, r) for g, r in SLOTS if g == gemm)
+            if a.rht != b.rht:
+                raise ValueError(
+                    f"recipe {self.name!r}, {gemm}: the RHT must rotate both operands or neither "
+                    "(R cancels only when both are rotated along the contraction dim)"
+                )
+
+    def operand(self, gemm: str, role: str) -> Operand:
+        """The operand settings of `role` in `gemm`, e.g. operand("dgrad", "weight")."""
+        if (gemm, role) not in SLOTS:
+            raise KeyError(f"no operand slot ({gemm!r}, {role!r}); slots: {SLOTS}")
+        return getattr(self, f"{gemm}_{role}")
+
+    @property
+    def quantized(self) -> bool:
+        """False when every GEMM runs in high precision (the layer is then the plain torch op)."""
+        return any(self.operand(g, r).quantized for g, r in SLOTS)
+
+    @property
+    def stochastic(self) -> bool:
+        """True when some operand uses stochastic rounding, so a torch.Generator is required."""
+        return any(self.operand(g, r).stochastic for g, r in SLOTS)
+
+    def gemm_summary(self, gemm: str) -> str:
+        """One GEMM in the notation of NVFP4.md's table, e.g. 'Q(dY)+SR, Q2(W)'."""
+        symbols = {"input": "X", "weight": "W", "grad_output": "dY"}
+        return ", ".join(
+            self.operand(g, role).notation(symbols[role]) for g, role in SLOTS if g == gemm
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able data: the recipe round-trips through `Recipe.from_dict`."""
+        data = asdict(self)
+        for gemm, role in SLOTS:
+            data[f"{gemm}_{role}"]["block"] = list(data[f"{gemm}_{role}"]["block"])
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Recipe:
+        """Build a recipe from `to_dict()` output or hand-written data; unknown keys are errors."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown recipe field(s) {sorted(unknown)}; valid: {sorted(known)}")
+        kwargs = dict(data)
+        for gemm, role in SLOTS:
+            key = f"{gemm}_{role}"
+            if key in kwargs and not isinstance(kwargs[key], Operand):
+                op = dict(kwargs[key])
+                op_known = {f.name for f in fields(Operand)}
+                if set(op) - op_known:
+                    raise ValueError(
+                        f"{key}: unknown operand field(s) {sorted(set(op) - op_known)}"
+                        f"; valid: {sorted(op_known)}"
+                    )
+                kwargs[key] = Operand(**op)
+        return cls(**kwargs)
+
+
+# --------------------------------------------------------------------------- the registry
+# NVFP4.md section 5, row by row.
+
+_REGISTRY: dict[str, Recipe] = {}
+
+
+def register_recipe(recipe: Recipe, *, overwrite: bool = False) -> Recipe:
+    """Add a recipe to the registry (a ninth recipe is data: no new code path)."""
+    if not isinstance(recipe, Recipe):
+        raise TypeError(f"register_recipe expects a Recipe, got {type(recipe).__name__}")
+    if recipe.name in _REGISTRY and not overwrite:
+        raise ValueError(f"recipe {recipe.name!r} is already registered")
+    if recipe.paper_id is not None:
+        for other in _REGISTRY.values():
+            if other.paper_id == recipe.paper_id and other.name != recipe.name:
+                raise ValueError(f"paper id {recipe.paper_id} already belongs to {other.name!r}")
+    _REGISTRY[recipe.name] = recipe
+    return recipe
+
+
+def unregister_recipe(name: str) -> None:
+    """Remove a recipe added by `register_recipe` (tests use this to clean up)."""
+    _REGISTRY.pop(get_recipe(name).name)
+
+
+def get_recipe(name: str | Recipe) -> Recipe:
+    """The recipe registered under `name` (a Recipe passes through unchanged)."""
+    if isinstance(name, Recipe):
+        return name
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown recipe {name!r}; valid: {', '.join(list_recipes())}") from None
+
+
+def list_recipes() -> list[str]:
+    """Registered recipe names, paper recipes first in paper-id order, then added ones."""
+
+    def order(r: Recipe) -> tuple[int, int]:
+        return (0, r.paper_id) if r.paper_id is not None else (1, 0)
+
+    return [r.name for r in sorted(_REGISTRY.values(), key=order)]
+
+
+for _recipe in (
+    Recipe(
+        "baseline",
+        0,
+        "BF16 baseline",
+        description="no quantization: all three GEMMs in high precision",
+    ),
+    Recipe(
+        "nvfp4",
+        1,
+        "NVFP4 Full",
+        fprop_input=Q,
+        fprop_weight=Q,
+        dgrad_grad_output=Q,
+        dgrad_weight=Q,
+        wgrad_grad_output=Q,
+        wgrad_input=Q,
+        description="every operand 1x16, round-to-nearest, re-quantized along each GEMM's "
+        "contraction dim",
+    ),
+    Recipe(
+        "fwd_only",
+        2,
+        "Forward only",
+        fprop_input=Q,
+        fprop_weight=Q,
+        description="quantized forward; straight-through high-precision backward with the "
+        "original X and W",
+    ),
+    Recipe(
+        "chain_rule",
+        3,
+        "Chain rule",
+        fprop_input=Q,
+        fprop_weight=Q,
+        dgrad_weight=FWD,
+        wgrad_input=FWD,
+        description="quantized forward; backward GEMMs take HP dY and the forward's quantized X, W",
+    ),
+    Recipe(
+        "2d_rht",
+        4,
+        "2D + RHT",
+        fprop_input=Q,
+        fprop_weight=Q2,
+        dgrad_grad_output=Q,
+        dgrad_weight=Q2,
+        wgrad_grad_output=QH,
+        wgrad_input=QH,
+        description="16x16 weight tiles (transpose-invariant), RHT on both WGRAD operands",
+    ),
+    Recipe(
+        "2d_rht_sr",
+        5,
+        "2D + RHT + SR",
+        fprop_input=Q,
+        fprop_weight=Q2,
+        dgrad_grad_output=Q_SR,
+        dgrad_weight=Q2,
+        wgrad_grad_output=QH_SR,
+        wgrad_input=QH,
+        description="2d_rht with stochastic rounding on dY (TE's default NVFP4BlockScaling)",
+    ),
+    Recipe(
+        "sr_only",
+        6,
+        "SR only",
+        fprop_input=Q,
+        fprop_weight=Q,
+        dgrad_grad_output=Q_SR,
+        dgrad_weight=Q,
+        wgrad_grad_output=Q_SR,
+        wgrad_input=Q,
+        description="nvfp4 with stochastic rounding on dY",
+    ),
+    Recipe(
+        "fwd_rht",
+        7,
+        "Forward RHT",
+        fprop_input=QH,
+        fprop_weight=QH,
+        description="forward operands rotated along K then quantized; high-precision backward",
+    ),
+):
+    register_recipe(_recipe)
+del _recipe

@@ -1,0 +1,106 @@
+"""Quantization error per layer and operand: SQNR in dB and the fraction of zero-scale blocks.
+
+For an operand x quantized to x_hat (in the domain it is quantized in: after the RHT for a
+rotated operand, with the same zero padding of tokens the GEMM sees),
+
+    SQNR = 10 log10( sum x^2 / sum (x - x_hat)^2 )  dB,      x_hat = blocks * a / 2688
+
+(about 6 dB per bit of effective precision; a well-scaled NVFP4 tensor lands near 20 dB), and
+the zero-scale fraction is the share of blocks (16x16 tiles for 2D weights) whose E4M3 scale
+underflowed to 0, which flushes the whole block to zero. It is read off the decoded blocks: a
+block decodes to all zeros exactly when its scale is 0 (with a non-zero scale the block's
+largest element lands on code 3 or above, see quant/nvfp4.py), so no codes are needed.
+
+Collection is off by default and costs nothing then (the layers pass no observer). Inside
+`with collect(model):` every quantized operand of every converted layer is measured, forward and
+backward: a layer's statistics restart at each forward, so after one training step the report
+covers that step's FPROP, DGRAD and WGRAD operands (per-tap WGRAD slices of a convolution add up
+into one row). Meant for once per epoch, e.g. on one batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor, nn
+
+from quant.gemm import TENSOR_SCALE, Observer
+
+_ENABLED = "_quant_telemetry"
+_STATS = "_quant_stats"
+
+
+def observer(layer: nn.Module) -> Observer | None:
+    """The hook a converted layer passes to its GEMMs: None unless collection is on."""
+    if not getattr(layer, _ENABLED, False):
+        return None
+    stats: dict[str, dict[str, float]] = {}
+    setattr(layer, _STATS, stats)  # a new forward starts a new record
+
+    def observe(slot: str, reference: Tensor, blocks: Tensor, amax: Tensor, block) -> None:
+        row = stats.setdefault(slot, {"signal": 0.0, "noise": 0.0, "zero": 0, "blocks": 0})
+        _accumulate(row, reference, blocks, amax, tuple(block))
+
+    return observe
+
+
+@torch.no_grad()
+def _accumulate(row: dict, reference: Tensor, blocks: Tensor, amax: Tensor, block) -> None:
+    reference = reference.float()
+    dequantized = blocks * (amax / TENSOR_SCALE)
+    row["signal"] += float(reference.square().sum())
+    row["noise"] += float((reference - dequantized).square().sum())
+    rows, cols = blocks.shape[-2:] if blocks.dim() > 1 else (1, blocks.shape[-1])
+    tiles = blocks.reshape(-1, block[0], cols // block[1], block[1])
+    block_max = tiles.abs().amax(dim=(1, 3))
+    row["zero"] += int((block_max == 0).sum())
+    row["blocks"] += block_max.numel()
+
+
+def enable(model: nn.Module, on: bool = True) -> None:
+    """Switch collection on or off for every converted layer of `model`."""
+    from quant.modules import is_quantized
+
+    for module in model.modules():
+        if is_quantized(module):
+            setattr(module, _ENABLED, on)
+
+
+@contextlib.contextmanager
+def collect(model: nn.Module) -> Iterator[None]:
+    """Measure every quantized operand inside the block; the report keeps the last values."""
+    enable(model, True)
+    try:
+        yield
+    finally:
+        enable(model, False)
+
+
+def quantization_report(model: nn.Module) -> list[dict]:
+    """Rows {layer, operand, sqnr_db, zero_scale_fraction} from the last collected forward
+    (and backward) of each converted layer; operand is the slot, e.g. "fprop_input"."""
+    from quant.modules import quantized_layers
+
+    rows = []
+    for name, layer in quantized_layers(model).items():
+        for slot, s in getattr(layer, _STATS, {}).items():
+            rows.append(
+                {
+                    "layer": name,
+                    "operand": slot,
+                    "sqnr_db": _sqnr_db(s["signal"], s["noise"]),
+                    "zero_scale_fraction": s["zero"] / s["blocks"] if s["blocks"] else 0.0,
+                }
+            )
+    return rows
+
+
+def _sqnr_db(signal: float, noise: float) -> float:
+    if noise == 0.0:
+        return math.inf
+    if signal == 0.0:
+        return -math.inf
+    return 10.0 * math.log10(signal / noise)
