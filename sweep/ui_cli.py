@@ -1,0 +1,109 @@
+"""`sweep ui [--tracking-uri URI] [--host 127.0.0.1] [--port 5000]`: the MLflow UI on the store.
+
+The store is the one the sweeps log to (``--tracking-uri``, else MLFLOW_TRACKING_URI, else
+``sqlite:///./mlflow.db``, see ``trainables.tracking.resolve_tracking_uri``). For a database
+store this starts ``mlflow server`` (the UI and the REST API) on it, prints the URL and waits;
+Ctrl-C or SIGTERM stops the server and its workers. A store that is already an MLflow server
+(``http://...``) has its own UI: the command prints that URL and starts nothing.
+
+The server runs in its own process group, so stopping it reaches uvicorn's workers too; it is
+asked to stop with SIGINT (what Ctrl-C sends), then SIGTERM, then SIGKILL. MLflow's job executor
+(a background process for GenAI jobs the sweeps never use) is off unless
+MLFLOW_SERVER_ENABLE_JOB_EXECUTION says otherwise: it halves the start-up time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from trainables.tracking import resolve_tracking_uri
+
+
+def server_command(tracking_uri: str, host: str, port: int) -> list[str]:
+    """The `mlflow server` command line serving ``tracking_uri`` on host:port."""
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri]
+    command += ["--host", host, "--port", str(port), "--workers", "1"]
+    if tracking_uri.startswith("sqlite:///"):
+        # Artifacts of UI-created experiments beside the database, as the trials' (not ./).
+        artifacts = Path(tracking_uri[len("sqlite:///") :]).parent / "mlartifacts"
+        command += ["--artifacts-destination", str(artifacts)]
+    return command
+
+
+def main(args: argparse.Namespace) -> int:
+    uri = resolve_tracking_uri(args.tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        print(f"The tracking store is an MLflow server already; its UI is at {uri}")
+        return 0
+    if not _port_is_free(args.host, args.port):
+        print(
+            f"error: port {args.port} on {args.host} is in use; choose another with --port",
+            file=sys.stderr,
+        )
+        return 2
+    env = os.environ | {
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": os.environ.get(
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false"
+        )
+    }
+    server = subprocess.Popen(
+        server_command(uri, args.host, args.port), env=env, start_new_session=True
+    )
+    print(
+        f"MLflow UI: http://{args.host}:{args.port}  (store {uri}; server pid {server.pid}; "
+        "Ctrl-C stops it)",
+        flush=True,
+    )
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        return server.wait()
+    except KeyboardInterrupt:
+        _stop(server)
+        print("MLflow UI stopped", flush=True)
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_keyboard_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _stop(server: subprocess.Popen) -> None:
+    """SIGINT, then SIGTERM, then SIGKILL to the server's process group, until none is left."""
+    for sig, grace_s in ((signal.SIGINT, 10.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(server.pid, sig)
+        except ProcessLookupError:
+            return
+        if _group_ended(server, grace_s):
+            return
+
+
+def _group_ended(server: subprocess.Popen, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        server.poll()  # reap the leader, so only live members keep the group
+        try:
+            os.killpg(server.pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
