@@ -51,19 +51,38 @@ even, and subtracting m again is exact. "Even multiple of the step" is exactly E
 mantissa" (5 -> 4 = 2*2, not 6 = 3*2), so the ties come out right for both signs, and clamping
 to +-6 afterwards gives the saturation. m is built from v's own exponent bits with integer ops,
 so the whole rounding is five element-wise ops and no Python loop (several times faster than
-torch.bucketize with the tie rules on a 2-core CPU). On CPU, steps 5-6 (and the block amax
-before them) run over large chunks of rows with one reused scratch buffer, which bounds the
-memory a huge tensor needs (`_CHUNK_ELEMENTS`).
+torch.bucketize with the tie rules on a 2-core CPU).
+
+Two passes, chunk by chunk
+--------------------------
+Step 1 needs the whole tensor before any element can be encoded, so x is read twice: pass 1
+takes the block amaxes (rotating first for the RHT), pass 2 encodes, rounds and decodes. On CPU
+both run over chunks of rows sized to the L2 cache (`_CHUNK_ELEMENTS`) with small reused scratch:
+the chain of element-wise ops on a chunk then stays in cache. `fake_quantize` writes the
+rotation (or an fp32 copy of a bf16 input) into its own output buffer and works in place there,
+so it allocates nothing tensor-sized beyond its result. The scalar chain of step 2 runs on
+Python floats after the one host sync (the amax, also the finiteness check), each operation
+rounded to fp32 exactly as the tensor ops would. A transposed fp32 matrix (x.t() contiguous, the
+layout of W^T, dY^T and X^T in DGRAD/WGRAD) is quantized in its own memory layout, blocks
+running down its columns, and returned transposed: no transposing copies.
 
 Random Hadamard transform and stochastic rounding (NVFP4.md s3)
 ---------------------------------------------------------------
 `rht(x)` multiplies every contiguous 16-chunk c of the last dimension by R = diag(sign) H16 / 4
 (H16 the Sylvester Hadamard matrix, fixed sign vector), in fp32, then rounds to bf16 as TE keeps
 the rotated tensor in bf16. R is orthogonal, so rotating both GEMM operands along the contraction
-dimension leaves the product unchanged and no inverse is ever applied. Stochastic rounding
-replaces step 6: |v| goes up to the next grid point with probability (|v| - lo) / (hi - lo),
-drawn from one `torch.rand` of the tensor's size from an explicit `torch.Generator` (or torch's
-global generator when none is given), so a seeded run is reproducible.
+dimension leaves the product unchanged and no inverse is ever applied.
+
+Stochastic rounding replaces step 6: |v| goes up to the next grid point with probability
+(|v| - lo) / (hi - lo) = p. Like TE on the GPU, each element gets 8 random bits (NVFP4.md s3 asks
+for TE's distribution, not its bit stream), and the decision is the hardware's: add the byte to
+the 8 bits below the kept grid position and carry, i.e. round up with probability floor(256 p)
+/ 256, p truncated to 8 bits (bias below 1/256 of a step, toward zero; grid points, p = 0, never
+move). `_round_stochastic_` does it in fixed point with integer ops. The bytes are 8 per 64-bit
+word of `torch.Tensor.random_` from an explicit `torch.Generator` (torch's global generator when
+none is given), drawn in x's row-major order, so a seeded run is reproducible and does not
+depend on chunking or layout. One byte costs about 1/8 of a `torch.rand` float on CPU.
+`stochastic_bits` and `stochastic_thresholds` hand the same decisions to quant/reference.py.
 
 Inputs and errors
 -----------------
@@ -82,6 +101,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
+import struct
 from dataclasses import dataclass
 
 import torch
@@ -108,7 +129,8 @@ _EXP_MASK = 0x7F800000
 _EXP_LO = 127 << 23
 _EXP_HI = 129 << 23
 _MAGIC = 1.5 * 2.0**22
-_EXP_INV = 255 << 23  # minus a biased exponent field: the reciprocal's (SR's 1/step)
+_I32 = torch.int32
+_SR_SHIFT = 9 << 23  # exponent field minus 9: 2^e -> 2^(e - 9), a 256th of the E2M1 step
 
 
 @functools.cache
@@ -215,11 +237,9 @@ def _check_generator(generator: torch.Generator, device: torch.device, what: str
         raise ValueError(f"{what}: generator is on {gen} but the tensor is on {device}")
 
 
-def _check_finite(x: torch.Tensor, amax: torch.Tensor, what: str) -> None:
-    """x is the caller's input; amax the max of what is quantized (x, or its rotation)."""
-    # amax is NaN or inf exactly when some element is: one reduction instead of a full isfinite.
-    if torch.isfinite(amax).item():
-        return
+def _raise_non_finite(x: torch.Tensor, what: str) -> None:
+    """The amax of what is quantized (x, or its rotation) is not finite: say why. The amax is
+    NaN or inf exactly when some element is, so finite inputs pay for no extra pass."""
     bad = int((~torch.isfinite(x)).sum())
     if bad == 0:
         raise ValueError(f"{what}: the RHT of this input overflows to inf (|x| near FLT_MAX)")
@@ -261,22 +281,24 @@ def _round_nearest_(v: torch.Tensor, scratch: torch.Tensor | None = None) -> tor
     return v.add_(binade, alpha=_MAGIC).sub_(binade, alpha=_MAGIC).clamp_(-FP4_MAX, FP4_MAX)
 
 
-def _round_stochastic(v: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
-    """Stochastic rounding of v (already clamped to +-6) onto the E2M1 grid, as a new tensor.
+def _round_stochastic_(v: torch.Tensor, bits: torch.Tensor, work: _Work) -> torch.Tensor:
+    """In place: stochastic rounding of fp32 v onto the E2M1 grid with one random byte each.
 
-    In units of the local step (0.5 / 1 / 2 as for nearest), |v| = q + p with q an integer
-    and p in [0, 1): round up iff u < p with u ~ U[0, 1) (`uniforms`, v's shape, consumed).
-    Grid points have p = 0 and stay put; 6 is the top of the [4, 8) binade with step 2, so
-    nothing ever rounds past it.
+    With q = 2^(e - 9) = step / 256 (a power of two from v's clamped exponent, as for nearest),
+    v / q is |v| in 1/256ths of its step, exactly; truncated to an integer F it holds the grid
+    point below in its high bits and floor(256 p) in its low 8 bits. Adding the byte and
+    clearing the low 8 bits carries into the next grid point iff floor(256 p) + byte >= 256.
+    Truncation is toward zero, so a negative v works the same way on -F (its carry test reads
+    floor(256 p) + 255 - byte >= 256). v is clamped to +-6 first: 6 is the top of the [4, 8)
+    binade (F = 768) and nothing ever rounds past it.
     """
-    mag = v.abs()
-    exponent = mag.view(torch.int32).bitwise_and(_EXP_MASK).clamp_(_EXP_LO, _EXP_HI)
-    # 1/step = 2^(1 - (e - 127)) has biased exponent 255 - e: one integer subtraction.
-    inv_step = torch.sub(_EXP_INV, exponent, out=exponent).view(torch.float32)
-    units = mag.mul_(inv_step)  # exact: a power-of-two multiply
-    low = torch.floor(units)
-    up = uniforms.lt_(units.sub_(low))  # units now holds p
-    return low.add_(up).div_(inv_step).copysign_(v)
+    v = v.clamp_(-FP4_MAX, FP4_MAX)
+    quantum = torch.bitwise_and(v.view(torch.int32), _EXP_MASK, out=work.like("int", v, _I32))
+    quantum = quantum.clamp_(_EXP_LO, _EXP_HI).sub_(_SR_SHIFT).view(torch.float32)
+    scaled = torch.div(v, quantum, out=work.like("float", v, torch.float32))
+    fixed = work.like("fixed", v, _I32).copy_(scaled)  # the cast truncates toward zero
+    fixed.add_(bits).bitwise_and_(-256)
+    return torch.mul(fixed, quantum, out=v)
 
 
 def _codes_from_rounded_(rounded: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
@@ -293,16 +315,17 @@ def _codes_from_rounded_(rounded: torch.Tensor, codes: torch.Tensor) -> torch.Te
     return torch.index_select(lut, 0, key.view(-1), out=codes.view(-1)).view(codes.shape)
 
 
-# --------------------------------------------------------------------------- scales
+# --------------------------------------------------------------------------- chunks
 
 
-_CHUNK_ELEMENTS = 1 << 22
-"""Elements per chunk on CPU (16 MiB of fp32). The element-wise chain runs chunk by chunk so its
-scratch is bounded and reused: beyond input and output, peak memory is a chunk or two
-however large the tensor. Chunks are large on purpose: every op is an OpenMP region, and on an
-oversubscribed machine each region waits for its slowest (descheduled) thread, so many small
-chunks measured several times slower on the shared 2-core box. On GPUs the whole tensor is one
-chunk."""
+_CHUNK_ELEMENTS = 1 << 17
+"""Elements per chunk and per torch thread on CPU (512 KiB of fp32 each). Both passes over a
+tensor (block amax, then encode-round-decode) run chunk by chunk, so that the chain of
+element-wise ops on a chunk works in the core's L2 cache instead of streaming the whole tensor
+through memory once per op: on the 2-core development box this made the 1x16 fake-quantize
+about 2.5x faster than whole-tensor ops, while chunks much smaller than this lose again to the
+per-op dispatch. Scratch is a chunk's worth, so peak memory beyond input and output stays
+small however large the tensor. On GPUs the whole tensor is one chunk."""
 
 
 def _blocked(x32: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
@@ -312,34 +335,71 @@ def _blocked(x32: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
 
 
 def _row_chunks(t: torch.Tensor) -> list[slice]:
-    rows, per_row = t.shape[0], t[0].numel()
-    step = max(1, _CHUNK_ELEMENTS // per_row) if t.device.type == "cpu" else rows
+    rows, per_row = t.shape[0], math.prod(t.shape[1:])
+    if t.device.type != "cpu":
+        return [slice(0, rows)]
+    step = max(1, _CHUNK_ELEMENTS * torch.get_num_threads() // per_row)
     return [slice(i, min(i + step, rows)) for i in range(0, rows, step)]
 
 
-def _scratch(t: torch.Tensor, chunks: list[slice]) -> torch.Tensor:
-    """One flat fp32 buffer large enough for a chunk of t, reused for every chunk."""
-    rows = max(c.stop - c.start for c in chunks)
-    return torch.empty(rows * t[0].numel(), dtype=torch.float32, device=t.device)
+def _part(t: torch.Tensor, rows: slice) -> torch.Tensor:
+    """A chunk's rows of t, and t itself (no slicing op) when the chunk is all of it."""
+    return t if rows.start == 0 and rows.stop == t.shape[0] else t[rows]
 
 
-def _view(buffer: torch.Tensor, like: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
-    return buffer[: like.numel()].view(dtype).view(like.shape)
+class _Work:
+    """Chunk-sized scratch buffers, each allocated on first use and reused for every chunk."""
+
+    def __init__(self, t: torch.Tensor, chunks: list[slice]):
+        self.size = max(c.stop - c.start for c in chunks) * math.prod(t.shape[1:])
+        self.device = t.device
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def like(self, name: str, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Buffer `name` (of `dtype`) viewed with t's shape."""
+        buffer = self._buffers.get(name)
+        if buffer is None:
+            buffer = torch.empty(self.size, dtype=dtype, device=self.device)
+            self._buffers[name] = buffer
+        return (buffer if t.numel() == self.size else buffer[: t.numel()]).view(t.shape)
 
 
-def _block_amax(xb: torch.Tensor, chunks: list[slice], scratch: torch.Tensor) -> torch.Tensor:
-    """(T, r, C, 16) -> (T, C) block (or tile) amax.
+def _chunk_amax(chunk: torch.Tensor, work: _Work, out: torch.Tensor) -> torch.Tensor:
+    """(t, r, C, 16) -> block (or tile) amax as int32 bit patterns, written to out (t, C).
 
     Reduced as int32: for non-negative floats the bit patterns order like the values (NaN's
     pattern is above inf's, so a NaN still surfaces), and the integer max kernel skips the
     NaN bookkeeping of the float one: about 1.5x faster on CPU.
     """
-    out = torch.empty(xb.shape[0], xb.shape[2], dtype=torch.int32, device=xb.device)
-    for rows in chunks:
-        magnitudes = torch.abs(xb[rows], out=_view(scratch, xb[rows]))
-        per_row = magnitudes.view(torch.int32).amax(dim=3)
-        out[rows] = per_row.amax(dim=1) if per_row.shape[1] > 1 else per_row.squeeze(1)
-    return out.view(torch.float32)
+    magnitudes = torch.abs(chunk, out=work.like("float", chunk, torch.float32))
+    return out.copy_(magnitudes.view(torch.int32).amax(dim=(1, 3)))
+
+
+# --------------------------------------------------------------------------- scales
+
+
+def _fl(value: float) -> float:
+    """Round a Python float to the nearest fp32 (ties to even); overflow gives FLT_MAX.
+
+    A single +, -, *, / of two fp32 values done in double and rounded once to fp32 is the
+    correctly rounded fp32 result (53 >= 2 * 24 + 2 bits), so step 2's scalar chain can run
+    in Python floats, exactly as in fp32 tensors, without a dozen tiny tensor ops.
+    """
+    try:
+        return struct.unpack("<f", struct.pack("<f", value))[0]
+    except OverflowError:  # rounds to inf in fp32; step 2 then takes min(., FLT_MAX)
+        return FLT_MAX
+
+
+_ONE_SIXTH = _fl(1.0 / 6.0)
+
+
+def _scalar_scales(a: float) -> tuple[float, float, float]:
+    """Step 2 and step 3's folded factor on the fp32 amax a: (S_enc, S_dec, fl(S_enc * fl(1/6)))."""
+    s_enc = 1.0 if a == 0 else _fl(FP4_E4M3_MAX / a)
+    if s_enc == 0:
+        s_enc = 1.0
+    return s_enc, _fl(1.0 / s_enc), _fl(s_enc * _ONE_SIXTH)
 
 
 def tensor_scales(amax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -350,17 +410,22 @@ def tensor_scales(amax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return s_enc, torch.div(c["one"], s_enc)
 
 
-def block_scales(block_amax: torch.Tensor, s_enc: torch.Tensor) -> torch.Tensor:
-    """Step 3: E4M3 decode scales (returned as exact fp32 values) from block amaxes."""
-    folded = s_enc * _constants(s_enc.device)["one_sixth"]
+def block_scales(block_amax: torch.Tensor, s_enc: torch.Tensor | float) -> torch.Tensor:
+    """Step 3: E4M3 decode scales (returned as exact fp32 values) from block amaxes.
+
+    s_enc: a 0-d fp32 tensor, or an fp32 value as a Python float (`_scalar_scales`).
+    """
+    if isinstance(s_enc, torch.Tensor):
+        folded = s_enc * _constants(s_enc.device)["one_sixth"]
+    else:  # a Python scalar multiplies an fp32 tensor in fp32
+        folded = _fl(s_enc * _ONE_SIXTH)
     scaled = (block_amax * folded).clamp_(max=E4M3_MAX)
     return scaled.to(torch.float8_e4m3fn).to(torch.float32)
 
 
-def encode_factors(scales: torch.Tensor, s_dec: torch.Tensor) -> torch.Tensor:
+def encode_factors(scales: torch.Tensor, s_dec: torch.Tensor | float) -> torch.Tensor:
     """Step 4: e = min(1 / fl(s * S_dec), FLT_MAX); zero scales give FLT_MAX."""
-    c = _constants(scales.device)
-    return torch.minimum(torch.div(c["one"], scales * s_dec), c["flt_max"])
+    return torch.div(_constants(scales.device)["one"], scales * s_dec).clamp_(max=FLT_MAX)
 
 
 def _dequant_factors(scales: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:
@@ -378,18 +443,23 @@ def rht(x: torch.Tensor) -> torch.Tensor:
     """
     _check_floating(x, "rht")
     _check_multiple_of_16(x, -1, "rht")
-    return _rotated(x).to(torch.bfloat16)
-
-
-def _rotated(x: torch.Tensor) -> torch.Tensor:
-    """rht(x) as float32 (bf16-rounded values), built chunk by chunk."""
-    chunks16 = x.reshape(-1, BLOCK)
-    out = torch.empty(chunks16.shape, dtype=torch.float32, device=x.device)
-    r = _constants(x.device)["rht"]
+    xb = x.reshape(-1, BLOCK)
+    out = torch.empty(xb.shape, dtype=torch.bfloat16, device=x.device)
+    work = _Work(xb, _row_chunks(xb))
     with _full_fp32_matmul():
-        for rows in _row_chunks(chunks16):
-            out[rows] = torch.mm(chunks16[rows].to(torch.float32), r).to(torch.bfloat16)
+        for rows in _row_chunks(xb):
+            _rotate_chunk(_part(xb, rows), _part(out, rows), work)
     return out.view(x.shape)
+
+
+def _rotate_chunk(x: torch.Tensor, out: torch.Tensor, work: _Work) -> torch.Tensor:
+    """out = bf16(x @ R) for a chunk of x; out has x's shape and any float dtype."""
+    x16 = x.reshape(-1, BLOCK)
+    r = _constants(x.device)["rht"]
+    if x16.dtype != torch.float32:
+        x16 = x16.to(torch.float32)
+    product = torch.mm(x16, r, out=work.like("float", x16, torch.float32))
+    return out.copy_(product.to(torch.bfloat16).view(out.shape))
 
 
 @contextlib.contextmanager
@@ -500,61 +570,159 @@ def unpack_codes(packed: torch.Tensor) -> torch.Tensor:
     return pairs.view(*packed.shape[:-1], packed.shape[-1] * 2)
 
 
+# --------------------------------------------------------------------------- SR random bits
+
+
+def _draw_bytes(n: int, generator: torch.Generator | None, device) -> torch.Tensor:
+    """n random bytes (n a multiple of 8), eight per 64-bit word from `generator`."""
+    words = torch.empty(n // 8, dtype=torch.int64, device=device)
+    # random_()'s default range on int64 is [0, 2^63), which would leave every 8th byte 7-bit;
+    # from=-2^63 with no upper bound asks for all 64 bits.
+    return words.random_(-(2**63), None, generator=generator).view(torch.uint8)
+
+
+def stochastic_bits(
+    shape, generator: torch.Generator | None = None, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """The random bytes (uint8, `shape`) that stochastic rounding of a tensor of that shape draws.
+
+    The quantizer draws them chunk by chunk in memory order; the generator is a serial stream,
+    so this one call returns the very same bytes and leaves the generator in the same state.
+    """
+    n = math.prod(shape)
+    if n % 8:
+        raise ValueError(f"stochastic_bits: {n} elements is not a multiple of 8")
+    return _draw_bytes(n, generator, device).view(shape)
+
+
+def stochastic_thresholds(bits: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Per-element u in (0, 1) with which the rule "round |v| up iff u < p" decides as we do.
+
+    p = (|v| - lo) / (hi - lo), the rule of NVFP4.md s3 and of quant/reference.py, which takes
+    u as its draws. `bits` are the bytes of `stochastic_bits`, `values` the tensor quantized (x,
+    or rht(x)), whose signs pick the form of the carry test (see `_round_stochastic_`): a
+    positive v rounds up iff p >= (256 - byte) / 256, a negative one iff p >= (byte + 1) / 256;
+    u is the float just below that edge, so u < p iff p >= edge. For tests.
+    """
+    k = bits.to(torch.float32)
+    edge = torch.where(values < 0, k + 1, 256 - k) / 256
+    return torch.nextafter(edge, torch.zeros_like(edge))
+
+
 # --------------------------------------------------------------------------- quantizers
 
 
 @dataclass
 class _Prepared:
-    """Steps 1-4 done: what the element-wise steps 5-6 need, chunk by chunk."""
+    """Pass 1 done (steps 1-4): what the element-wise steps 5-6 need, chunk by chunk."""
 
-    xb: torch.Tensor  # (T, r, C, 16) fp32 view of what is quantized (x or its rotation)
+    src: torch.Tensor  # (T, r, C, 16) fp32: what is quantized (x, or its rotation / fp32 copy)
     scales: torch.Tensor  # (T, 1, C, 1) E4M3 decode scales as fp32
     factors: torch.Tensor  # (T, 1, C, 1) encode factors e
     amax: torch.Tensor  # 0-d fp32
     block: tuple[int, int]
     chunks: list[slice]
-    scratch: torch.Tensor  # one chunk of fp32 scratch
-    uniforms: torch.Tensor | None  # SR draws, xb's shape
+    work: _Work
+    generator: torch.Generator | None
+    stochastic: bool
+    bits: torch.Tensor | None = None  # SR bytes drawn up front (transposed layout), src's shape
 
 
-def _prepare(x, block, rounding, generator, rht_first, amax, what) -> _Prepared:
-    block = _check_args(x, block, rounding, generator, rht_first, what)
-    x32 = _rotated(x) if rht_first else x.to(torch.float32).contiguous()
-    xb = _blocked(x32, block)
-    chunks = _row_chunks(xb)
-    scratch = _scratch(xb, chunks)
-    b = _block_amax(xb, chunks, scratch)
-    own_amax = b.amax()
-    _check_finite(x, own_amax, what)
-    amax = own_amax if amax is None else _given_amax(amax, x32.device, what)
-    s_enc, s_dec = tensor_scales(amax)
-    scales = block_scales(b, s_enc)
-    factors = encode_factors(scales, s_dec)
-    uniforms = None
-    if rounding == "stochastic":  # one draw of the tensor's size, whatever the chunking
-        uniforms = torch.rand(xb.shape, generator=generator, device=xb.device)
-    return _Prepared(
-        xb,
-        scales[:, None, :, None],
-        factors[:, None, :, None],
-        amax,
-        block,
-        chunks,
-        scratch,
-        uniforms,
+def _is_transposed(x: torch.Tensor, block, rht_first: bool) -> bool:
+    """x is a transposed fp32 matrix (x.t() contiguous) to quantize 1x16 without rotation.
+
+    The GEMM layouts hand over such views for every operand blocked along a dimension that is
+    not innermost in memory (W^T in DGRAD, dY^T and X^T in WGRAD). Their 1x16 blocks are 16
+    consecutive rows of the contiguous x.t() at one column, so x.t() viewed (K/16, 16, M, 1)
+    is already blocked: no transposing copy in, none out (the result is returned transposed).
+    """
+    return (
+        isinstance(x, torch.Tensor)
+        and isinstance(block, (tuple, list))
+        and tuple(block) == BLOCK_1D
+        and not rht_first
+        and x.dim() == 2
+        and x.dtype == torch.float32
+        and min(x.shape) > 1
+        and not x.is_contiguous()
+        and x.t().is_contiguous()
     )
 
 
-def _encode_chunk(p: _Prepared, rows: slice, out: torch.Tensor) -> torch.Tensor:
-    """Step 5: v = fl(x * e) for one chunk, written into `out`."""
-    return torch.mul(p.xb[rows], p.factors[rows], out=out)
+def _blocked_input(x, block, rht_first, transposed: bool) -> torch.Tensor:
+    """x as a (T, r, C, w) view with r * w = 16 (1x16) or 256 (tiles): blocks over dims 1, 3."""
+    if transposed:
+        return x.t().view(x.shape[1] // BLOCK, BLOCK, x.shape[0], 1)
+    return _blocked(x.contiguous(), block)
 
 
-def _round_chunk(p: _Prepared, rows: slice, v: torch.Tensor) -> torch.Tensor:
-    """Step 6 on one chunk: nearest in place (v is returned), stochastic as a new tensor."""
-    if p.uniforms is None:
-        return _round_nearest_(v, _view(p.scratch, v, torch.int32))
-    return _round_stochastic(v.clamp_(-FP4_MAX, FP4_MAX), p.uniforms[rows])
+def _prepare(
+    x, block, rounding, generator, rht_first, amax, what, staging, transposed=False
+) -> _Prepared:
+    """Pass 1: (rotate,) block amax chunk by chunk, then the tensor and block scales.
+
+    staging(shape) returns the fp32 buffer that receives the rotation (or the fp32 copy of a
+    bf16/fp16 x), a new tensor when None; fake_quantize passes its output buffer, so this costs
+    no extra tensor. transposed: x qualifies for `_is_transposed` and is quantized in place of
+    its memory layout.
+    """
+    block = _check_args(x, block, rounding, generator, rht_first, what)
+    xb = _blocked_input(x, block, rht_first, transposed)
+    src = xb
+    if rht_first or x.dtype != torch.float32:
+        src = torch.empty(xb.shape, device=x.device) if staging is None else staging(xb.shape)
+    chunks = _row_chunks(xb)
+    work = _Work(xb, chunks)
+    block_amax = torch.empty(xb.shape[0], xb.shape[2], dtype=torch.int32, device=x.device)
+    with _full_fp32_matmul() if rht_first else contextlib.nullcontext():
+        for rows in chunks:
+            if rht_first:
+                chunk = _rotate_chunk(_part(xb, rows), _part(src, rows), work)
+            elif src is not xb:
+                chunk = _part(src, rows).copy_(_part(xb, rows))
+            else:
+                chunk = _part(xb, rows)
+            _chunk_amax(chunk, work, _part(block_amax, rows))
+    b = block_amax.view(torch.float32)
+    own_amax = b.amax()
+    a = own_amax.item()  # the one host sync; step 2 then runs on Python floats
+    if not math.isfinite(a):
+        _raise_non_finite(x, what)
+    if amax is not None:
+        own_amax = _given_amax(amax, x.device, what)
+        a = own_amax.item()
+    s_enc, s_dec, folded = _scalar_scales(a)
+    scales = (b * folded).clamp_(max=E4M3_MAX).to(torch.float8_e4m3fn).to(torch.float32)
+    factors = encode_factors(scales, s_dec)
+    bits = None
+    if transposed and rounding == "stochastic":
+        # SR bytes go to elements in x's row-major order whatever the layout, so a transposed
+        # x gets the same bits as x.contiguous(): draw them all, then view them like src.
+        bits = stochastic_bits(x.shape, generator, x.device).t().view(xb.shape)
+    per_block = (xb.shape[0], 1, xb.shape[2], 1)
+    return _Prepared(
+        src,
+        scales.view(per_block),
+        factors.view(per_block),
+        own_amax,
+        block,
+        chunks,
+        work,
+        generator,
+        rounding == "stochastic",
+        bits,
+    )
+
+
+def _round_chunk_(p: _Prepared, rows: slice, v: torch.Tensor) -> torch.Tensor:
+    """Step 6 in place on one chunk of v = fl(x * e), nearest or stochastic."""
+    if not p.stochastic:
+        return _round_nearest_(v, p.work.like("int", v, _I32))
+    if p.bits is not None:
+        bits = _part(p.bits, rows)
+    else:
+        bits = _draw_bytes(v.numel(), p.generator, v.device).view(v.shape)
+    return _round_stochastic_(v, bits, p.work)
 
 
 def _given_amax(amax, device: torch.device, what: str) -> torch.Tensor:
@@ -585,23 +753,24 @@ def quantize(
 ) -> NVFP4Tensor:
     """Quantize x to NVFP4 along its last dim (1x16) or over 16x16 tiles of its last two dims.
 
-    rounding="stochastic" draws one torch.rand of x's size from `generator` (torch's global
-    generator when None). rht=True rotates the last dim first (`rht`), then quantizes 1x16 with
-    the post-rotation amax. Blocks always run along the last dim: callers transpose.
+    rounding="stochastic" draws one random byte per element from `generator` (torch's global
+    generator when None; see `stochastic_bits`). rht=True rotates the last dim first (`rht`),
+    then quantizes 1x16 with the post-rotation amax. Blocks always run along the last dim:
+    callers transpose.
 
     amax: the tensor amax to scale with instead of x's own (post-rotation) max|x|, for x a
     slice of a larger tensor whose blocks are quantized with that tensor's scale (e.g. one
     kernel tap of an im2col); blocks are independent given the tensor scale, so the slice
     comes out exactly as inside the whole. It should be >= max|x| (else blocks saturate).
     """
-    p = _prepare(x, block, rounding, generator, rht, amax, "quantize")
-    codes = torch.empty(p.xb.shape, dtype=torch.uint8, device=p.xb.device)
-    values = torch.empty_like(p.scratch)
+    p = _prepare(x, block, rounding, generator, rht, amax, "quantize", staging=None)
+    codes = torch.empty(p.src.shape, dtype=torch.uint8, device=x.device)
     for rows in p.chunks:
-        v = _encode_chunk(p, rows, _view(values, p.xb[rows]))
+        src = _part(p.src, rows)
+        v = torch.mul(src, _part(p.factors, rows), out=p.work.like("v", src, torch.float32))
         # the sign before rounding: -0.0 and underflows to -0.0 get code 0, as in TE
-        torch.lt(v, 0, out=codes[rows].view(torch.bool))
-        _codes_from_rounded_(_round_chunk(p, rows, v), codes[rows])
+        torch.lt(v, 0, out=_part(codes, rows).view(torch.bool))
+        _codes_from_rounded_(_round_chunk_(p, rows, v), _part(codes, rows))
     scales = p.scales.view(_scales_shape(x.shape, p.block))
     return NVFP4Tensor(codes.view(x.shape), scales, p.amax, p.block, rht)
 
@@ -620,11 +789,17 @@ def fake_quantize(
 
     Equals `q = quantize(...)` then `(q.decode_blocks(), q.amax)` without building codes. A GEMM
     of two such operands times alpha = a_A * a_B / (6*6*448*448) is the NVFP4 GEMM (NVFP4.md s4).
-    `amax` as for `quantize`; the returned amax is then that one.
+    `amax` as for `quantize`; the returned amax is then that one. Two passes over x, each chunk
+    by chunk: block amax (rotating into the output buffer first for rht=True), then
+    encode, round and decode in place in the output.
     """
-    p = _prepare(x, block, rounding, generator, rht, amax, "fake_quantize")
-    blocks = torch.empty_like(p.xb)
+    transposed = _is_transposed(x, block, rht)
+    shape = x.shape[::-1] if transposed else x.shape
+    blocks = torch.empty(shape, dtype=torch.float32, device=x.device)
+    staging = lambda shape: blocks.view(shape)  # noqa: E731
+    p = _prepare(x, block, rounding, generator, rht, amax, "fake_quantize", staging, transposed)
+    out = blocks.view(p.src.shape)
     for rows in p.chunks:
-        rounded = _round_chunk(p, rows, _encode_chunk(p, rows, blocks[rows]))
-        torch.mul(rounded, p.scales[rows], out=blocks[rows])
-    return blocks.view(x.shape), p.amax
+        v = torch.mul(_part(p.src, rows), _part(p.factors, rows), out=_part(out, rows))
+        _round_chunk_(p, rows, v).mul_(_part(p.scales, rows))
+    return (blocks.t() if transposed else blocks), p.amax

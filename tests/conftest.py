@@ -24,6 +24,16 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 GOLDEN = SHARED / "golden" / "nvfp4_golden.npz"
 
 
+def pytest_configure(config):
+    # One torch thread in the test process: on 2 shared cores, OpenMP's spinning threads make small
+    # ops many times slower. (Ray trial workers size their own threads to the CPUs they get.)
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(1)
+
+
 def _cuda_available() -> bool:
     try:
         import torch

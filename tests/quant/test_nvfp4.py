@@ -315,7 +315,54 @@ def test_sr_is_unbiased():
     idx = torch.searchsorted(GRID, mag, right=True)
     gap = GRID[idx.clamp(max=7)] - GRID[idx - 1]
     sigma = gap * 0.5 / n**0.5  # std of the mean is at most gap/2/sqrt(n)
-    assert ((mean - targets).abs() <= 5 * sigma).all(), mean - targets
+    resolution = gap / 256  # 8 random bits: P(up) is p truncated to a multiple of 1/256
+    assert ((mean - targets).abs() <= 5 * sigma + resolution).all(), mean - targets
+
+
+def test_sr_rounds_up_with_probability_p_truncated_to_8_bits():
+    """Exhaustively over the 256 bytes: a value at p = m/256 + tiny goes up for exactly m of them
+    (one draw per byte value, no sampling noise), whatever its sign and binade."""
+    steps = {0.25: 0.5, 1.0: 0.5, 2.0: 1.0, 4.0: 2.0}  # lo -> step (0.25: lo 0, p from 0.5)
+    for lo, step in steps.items():
+        base = 0.0 if lo == 0.25 else lo
+        for m in (0, 1, 77, 128, 255):
+            for sign in (1.0, -1.0):
+                p = m / 256 + 2.0**-12
+                v = sign * (base + step * p)
+                x = _exact_scale_tensor(torch.full((15 * 256,), v))  # 16 rows of 16 bytes each
+                gen = torch.Generator().manual_seed(m)
+                bits = nvfp4.stochastic_bits(x.shape, gen).clone()
+                gen.manual_seed(m)
+                out = nvfp4.quantize(x, rounding="stochastic", generator=gen)
+                values = nvfp4.decode_e2m1(out.codes[1:, 1:]).reshape(-1)
+                up = (values.abs() > base).sum().item()
+                body = bits[1:, 1:].reshape(-1).long()
+                expected = (body >= 256 - m).sum() if sign > 0 else (body < m).sum()
+                assert up == expected.item(), (lo, m, sign)
+
+
+def test_sr_bits_are_full_bytes():
+    bits = nvfp4.stochastic_bits((8192,), torch.Generator().manual_seed(0)).view(-1, 8)
+    for position in range(8):  # every byte of a 64-bit word, the top one included
+        assert bits[:, position].max() >= 250 and bits[:, position].min() <= 5
+
+
+def test_sr_equals_the_reference_at_the_edges():
+    """p exactly on the 1/256 edges of the carry test, both signs: the reference given
+    `stochastic_thresholds` decides like the fast path, bit for bit."""
+    from quant import reference
+
+    m = torch.arange(0, 256, 5, dtype=torch.float32)
+    p = torch.cat([m / 256, (m + 1) / 256 - 2.0**-20])
+    v = torch.cat([p * 0.5, 1 + p * 0.5, 2 + p, 4 + 2 * p]).repeat(2)[: 15 * 30]
+    v = v * torch.where(torch.arange(v.numel()) % 2 == 0, 1.0, -1.0)
+    x = _exact_scale_tensor(v)
+    for seed in range(3):
+        gen = torch.Generator().manual_seed(seed)
+        bits = nvfp4.stochastic_bits(x.shape, gen)
+        q = nvfp4.quantize(x, rounding="stochastic", generator=gen.manual_seed(seed))
+        ref = reference.quantize_reference(x, uniforms=nvfp4.stochastic_thresholds(bits, x))
+        assert torch.equal(q.codes, ref.codes)
 
 
 def test_mean_of_50_sr_draws_beats_round_to_nearest():
@@ -342,6 +389,23 @@ def test_sr_same_seed_same_bits_different_seeds_differ():
         0
     ]
     assert torch.equal(a, run(11).decode_blocks())
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+def test_transposed_input_equals_its_contiguous_copy(rounding):
+    """A transposed matrix (the DGRAD/WGRAD layouts) is quantized in its own memory layout;
+    values, amax and even the SR bits per element are those of x.contiguous()."""
+    base = torch.randn(80, 48, generator=torch.Generator().manual_seed(12))
+    x = base.t()  # (48, 80), blocks along 80, stored column-major
+    gen = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    blocks, amax = nvfp4.fake_quantize(x, rounding=rounding, generator=gen())
+    kw = {"rounding": rounding}
+    expected, expected_amax = nvfp4.fake_quantize(x.contiguous(), generator=gen(), **kw)
+    assert torch.equal(blocks, expected) and torch.equal(amax, expected_amax)
+    q = nvfp4.quantize(x, rounding=rounding, generator=gen())
+    assert torch.equal(q.decode_blocks(), blocks)
+    with pytest.raises(ValueError, match="not a multiple of 16"):
+        nvfp4.fake_quantize(torch.randn(40, 48).t())
 
 
 def test_sr_continues_the_generator_stream():

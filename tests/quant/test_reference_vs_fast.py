@@ -145,7 +145,8 @@ def test_fast_stochastic_rounding_equals_reference_with_the_same_draws(tag):
         q = nvfp4.quantize(
             x, BLOCKS[tag], "stochastic", generator=torch.Generator().manual_seed(seed)
         )
-        draws = torch.rand(shape, generator=torch.Generator().manual_seed(seed))
+        bits = nvfp4.stochastic_bits(shape, torch.Generator().manual_seed(seed))
+        draws = nvfp4.stochastic_thresholds(bits, x)
         _assert_same(q, reference.quantize_reference(x, BLOCKS[tag], uniforms=draws))
 
 
@@ -154,7 +155,8 @@ def test_fast_rht_with_stochastic_rounding_equals_reference():
     q = nvfp4.quantize(
         x, rounding="stochastic", generator=torch.Generator().manual_seed(5), rht=True
     )
-    draws = torch.rand(x.shape, generator=torch.Generator().manual_seed(5))
+    bits = nvfp4.stochastic_bits(x.shape, torch.Generator().manual_seed(5))
+    draws = nvfp4.stochastic_thresholds(bits, nvfp4.rht(x))
     _assert_same(q, reference.quantize_reference(x, uniforms=draws, rht=True))
 
 
