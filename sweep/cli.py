@@ -46,6 +46,179 @@ def command(name: str, help: str, target: str):
 # (Each issue adds its commands here; the behaviour lives in the module named by `target`.)
 
 
+@command(
+    "plan", "Show the trials a spec expands to, without running anything.", "sweep.run_cli:plan"
+)
+def _plan(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="sweep spec (YAML)")
+    p.add_argument("--json", action="store_true", help="trials, counts per axis and cost as JSON")
+    p.add_argument("--all", action="store_true", help="list every trial, not the first 20")
+
+
+@command(
+    "run",
+    "Run a sweep; running it again resumes it and skips finished trials.",
+    "sweep.run_cli:run",
+)
+def _run(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="sweep spec (YAML)")
+    p.add_argument("--address", help="a running Ray cluster (default: an embedded local Ray)")
+
+
+@command("resume", "Continue an interrupted sweep from its storage.", "sweep.run_cli:resume")
+def _resume(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="the sweep's name")
+    p.add_argument("--storage", help="storage root (default: $SWEEP_STORAGE or ./sweeps)")
+    p.add_argument("--address", help="a running Ray cluster (default: an embedded local Ray)")
+
+
+@command(
+    "status",
+    "Per-state counts and a table of the sweep's trials (or its job's state).",
+    "sweep.run_cli:status",
+)
+def _status(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="the sweep's name")
+    p.add_argument("--storage", help="storage root (default: $SWEEP_STORAGE or ./sweeps)")
+    p.add_argument("--address", help="Ray dashboard URL: show the state of the sweep's latest job")
+    p.add_argument("--json", action="store_true")
+
+
+@command("submit", "Submit a sweep to a Ray cluster through the Jobs API.", "sweep.run_cli:submit")
+def _submit(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="sweep spec (YAML); it travels with the job")
+    p.add_argument("--address", required=True, help="Ray dashboard URL, e.g. http://HEAD:8265")
+    p.add_argument("--wait", action="store_true", help="wait for the job to end")
+    p.add_argument("--timeout", type=float, default=3600.0, help="seconds to --wait at most")
+
+
+@command("logs", "Print the logs of a sweep's latest job.", "sweep.run_cli:logs")
+def _logs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="the sweep's name (or a job submission id)")
+    p.add_argument("--address", required=True, help="Ray dashboard URL, e.g. http://HEAD:8265")
+
+
+@command("stop", "Stop a sweep's latest job.", "sweep.run_cli:stop")
+def _stop(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="the sweep's name (or a job submission id)")
+    p.add_argument("--address", required=True, help="Ray dashboard URL, e.g. http://HEAD:8265")
+
+
+@command("list recipes", "List the QAT recipes, GEMM by GEMM.", "sweep.recipes_cli:main")
+def _list_recipes(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="one JSON object per recipe, in a list")
+
+
+@command("list models", "List the models with parameter counts per scale.", "sweep.models_cli:main")
+def _list_models(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--json", action="store_true", help="rows {arch, scale, params, quantized_params} as JSON"
+    )
+
+
+@command(
+    "train-one",
+    "Train one run (arch, scale, recipe, seed) in this process, without Ray.",
+    "sweep.train_one_cli:run",
+)
+def _train_one(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--arch", required=True, help="cnn | vit_adamw | vit_adamax | swin")
+    p.add_argument("--scale", required=True, help="tiny | 500k | 4m | 15m")
+    p.add_argument("--recipe", required=True, help="a recipe name (sweep list recipes)")
+    p.add_argument("--seed", type=int, required=True)
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--data", metavar="PATH", help="the LGG kaggle_3m folder")
+    source.add_argument(
+        "--synthetic",
+        nargs="?",
+        const=12,
+        type=int,
+        metavar="PATIENTS",
+        help="train on generated synthetic data (default 12 patients)",
+    )
+    p.add_argument("--epochs", type=int, help="default: the paper's 100")
+    p.add_argument("--fold", default="holdout", help="holdout | f0..f4")
+    p.add_argument("--image-size", type=int, help="default 256, or 64 with --synthetic")
+    p.add_argument("--batch-size", type=int, help="default: the paper's 32")
+    p.add_argument("--lr", type=float, help="default: the paper's value for the arch")
+    p.add_argument("--num-workers", type=int, default=0, help="data-loader processes")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--device", help="cpu | cuda (default: cuda when available)")
+    p.add_argument("--out", metavar="DIR", help="default: results/train-one/<trial_key>")
+    p.add_argument("--fresh", action="store_true", help="discard a checkpoint found in --out")
+    p.add_argument("--tracking-uri", help="log to MLflow at this URI (sqlite:///... or http://)")
+    p.add_argument("--experiment", default="train-one", help="MLflow experiment name")
+
+
+@command(
+    "analyze",
+    "Tables, statistics and figures of a sweep from its tracked runs.",
+    "sweep.analyze_cli:main",
+)
+def _analyze(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="the sweep's name (= its MLflow experiment)")
+    p.add_argument("--out", help="output folder (default: ./results/NAME/analysis)")
+    p.add_argument(
+        "--metric",
+        choices=("test_auprc", "val_auprc"),
+        default="test_auprc",
+        help="the AUPRC the statistics use (default: test_auprc)",
+    )
+    p.add_argument(
+        "--tracking-uri",
+        help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///./mlflow.db)",
+    )
+    p.add_argument(
+        "--from-snapshot",
+        metavar="PATH",
+        help="analyse a saved runs.parquet/runs.csv (or its folder) offline",
+    )
+
+
+@command(
+    "data check",
+    "Validate an LGG (kaggle_3m layout) folder; exit 2 listing every problem.",
+    "sweep.data_cli:check",
+)
+def _data_check(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", help="the dataset folder (one sub-folder per patient)")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print {patients, slices, positive_slices, ..., problems} as JSON",
+    )
+
+
+@command(
+    "data synth",
+    "Write a synthetic LGG-like dataset in the exact kaggle_3m layout.",
+    "sweep.data_cli:synth",
+)
+def _data_synth(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out", help="output folder (must be empty or absent, unless --force)")
+    p.add_argument("--patients", type=int, default=20, help="number of patients (default 20)")
+    p.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
+    p.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
+    p.add_argument(
+        "--slices",
+        type=int,
+        default=None,
+        metavar="N",
+        help="slices per patient (default: 24-48, varying like LGG)",
+    )
+    p.add_argument("--force", action="store_true", help="replace a non-empty OUT")
+
+
+@command("ui", "Start the MLflow UI on the configured tracking store.", "sweep.ui_cli:main")
+def _ui(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tracking-uri",
+        help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///./mlflow.db)",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=5000, help="port to listen on (default 5000)")
+
+
 # --------------------------------------------------------------------------- dispatch
 
 

@@ -1,0 +1,81 @@
+"""Submit a sweep to a Ray cluster through the Jobs API, and follow or stop it.
+
+The job's driver runs `sweep run spec.yaml --address auto` on the cluster; the spec travels in the
+job's runtime environment (a working_dir holding only the spec), the package itself is on the
+cluster's image. Every job of a sweep carries `{"sweep": NAME}` in its metadata, so `sweep logs`,
+`sweep stop` and `sweep status --address` find the latest job of a sweep by name. Submitting the
+same spec again after the driver died simply runs the sweep again, which resumes it (the sweep's
+state lives in its storage, not in the job).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from sweep.spec import SweepSpec, spec_to_yaml
+
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+def _client(address: str):
+    from ray.job_submission import JobSubmissionClient
+
+    return JobSubmissionClient(address)
+
+
+def submit(spec: SweepSpec, address: str, *, env: dict[str, str] | None = None) -> str:
+    """Submit the sweep as a job; returns its submission id."""
+    workdir = Path(tempfile.mkdtemp(prefix="sweep-submit-"))
+    try:
+        (workdir / "spec.yaml").write_text(spec_to_yaml(spec))
+        job_id = f"sweep-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        env_vars = {"NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+        return _client(address).submit_job(
+            entrypoint="sweep run spec.yaml --address auto",
+            submission_id=job_id,
+            runtime_env={"working_dir": str(workdir), "env_vars": env_vars},
+            metadata={"sweep": spec.name},
+        )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def latest_job(address: str, name: str):
+    """The most recent job of sweep `name`, or of that exact submission id."""
+    jobs = [
+        j
+        for j in _client(address).list_jobs()
+        if (j.metadata or {}).get("sweep") == name or j.submission_id == name
+    ]
+    if not jobs:
+        raise LookupError(f"no job of sweep {name!r} on {address}")
+    return max(jobs, key=lambda j: j.start_time or 0)
+
+
+def job_status(address: str, name: str) -> str:
+    job = latest_job(address, name)
+    return f"job {job.submission_id}: {job.status}" + (f" ({job.message})" if job.message else "")
+
+
+def job_logs(address: str, name: str) -> str:
+    return _client(address).get_job_logs(latest_job(address, name).submission_id)
+
+
+def stop_job(address: str, name: str) -> str:
+    job = latest_job(address, name)
+    _client(address).stop_job(job.submission_id)
+    return job.submission_id
+
+
+def wait(address: str, job_id: str, timeout: float = 600.0, poll: float = 2.0) -> str:
+    deadline = time.monotonic() + timeout
+    client = _client(address)
+    while True:
+        status = str(client.get_job_status(job_id))
+        status = status.rsplit(".", 1)[-1]
+        if status in TERMINAL or time.monotonic() > deadline:
+            return status
+        time.sleep(poll)

@@ -1,0 +1,91 @@
+"""The ledger: what a sweep has already produced, keyed by trial key and config hash.
+
+It is what makes `sweep run` idempotent. A trial whose key is FINISHED with the same config hash
+is skipped; a key that finished under a different hash means a setting that changes results was
+edited in the spec, and the run stops and names the trials and fields instead of silently mixing
+old and new results. Only the driver writes the ledger, atomically, after every trial that ends,
+so a driver killed at any moment loses at most the trials that were still running, and those
+resume from their checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+
+from sweep.storage import SweepStore
+
+FINISHED = "FINISHED"
+FAILED = "FAILED"
+LEDGER_FILE = "ledger.json"
+
+
+@dataclass
+class Entry:
+    config_hash: str
+    config: dict
+    state: str = "PENDING"
+    metrics: dict = field(default_factory=dict)
+    error: str | None = None
+    updated: float = 0.0
+
+
+class ConfigConflict(RuntimeError):
+    """Finished trials whose result-affecting settings changed since they ran."""
+
+
+class Ledger:
+    def __init__(self, store: SweepStore, entries: dict[str, Entry]):
+        self.store = store
+        self.entries = entries
+
+    @classmethod
+    def load(cls, store: SweepStore) -> Ledger:
+        if not store.exists(LEDGER_FILE):
+            return cls(store, {})
+        raw = json.loads(store.read_text(LEDGER_FILE))
+        return cls(store, {key: Entry(**value) for key, value in raw.items()})
+
+    def save(self) -> None:
+        payload = {key: asdict(entry) for key, entry in sorted(self.entries.items())}
+        self.store.write_text(json.dumps(payload, indent=1, sort_keys=True), LEDGER_FILE)
+
+    def finished(self, key: str, config_hash: str) -> bool:
+        entry = self.entries.get(key)
+        return entry is not None and entry.state == FINISHED and entry.config_hash == config_hash
+
+    def check_conflicts(self, planned: dict[str, tuple[str, dict]]) -> None:
+        """Raise ConfigConflict if a finished trial key is planned again with another hash."""
+        lines = []
+        for key, (config_hash, config) in sorted(planned.items()):
+            entry = self.entries.get(key)
+            if entry is None or entry.state != FINISHED or entry.config_hash == config_hash:
+                continue
+            changed = sorted(_changed_fields(entry.config, config))
+            lines.append(f"  {key}: changed {', '.join(changed) or '(code version)'}")
+        if lines:
+            raise ConfigConflict(
+                f"sweep {self.store.name!r}: {len(lines)} finished trial(s) would now run with "
+                "different result-affecting settings:\n" + "\n".join(lines) + "\n"
+                "Give the sweep a new name to run the changed study, or restore the old settings."
+            )
+
+    def record(self, key: str, config_hash: str, config: dict, state: str, **extra) -> None:
+        entry = self.entries.get(key) or Entry(config_hash=config_hash, config=config)
+        entry.config_hash, entry.config, entry.state = config_hash, config, state
+        entry.metrics = extra.get("metrics", entry.metrics)
+        entry.error = extra.get("error")
+        entry.updated = time.time()
+        self.entries[key] = entry
+
+
+def _changed_fields(old: dict, new: dict, prefix: str = "") -> set[str]:
+    changed = set()
+    for key in set(old) | set(new):
+        a, b, name = old.get(key), new.get(key), f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed |= _changed_fields(a, b, name + ".")
+        elif a != b:
+            changed.add(name)
+    return changed

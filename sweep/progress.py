@@ -1,0 +1,100 @@
+"""Driver-side Ray Tune callbacks: the ledger, and progress that fits a terminal.
+
+Both are pickled with the experiment (Tuner.restore brings them back), so they hold only the
+storage handle and counters, and re-read the ledger before every write instead of keeping a copy
+that a later driver would overwrite.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+from ray.tune import Callback
+
+from sweep.ledger import FAILED, FINISHED, Ledger
+from sweep.storage import SweepStore
+
+# Numbers a trial reports that belong in the ledger (the rest stays in Ray's result files).
+_LEDGER_METRICS = ("epoch", "test_auprc", "val_auprc", "best_epoch", "val_loss")
+
+
+def _payload(trial) -> dict:
+    return trial.config["trial"]
+
+
+class LedgerCallback(Callback):
+    """Record every trial in the ledger the moment it ends (finished or failed for good)."""
+
+    def __init__(self, store: SweepStore):
+        self.store = store
+
+    def _record(self, trial, state: str, error: str | None = None) -> None:
+        payload = _payload(trial)
+        if payload.get("search"):  # an Optuna sample: the runner records its study as a whole
+            return
+        result = trial.last_result or {}
+        metrics = {k: result[k] for k in _LEDGER_METRICS if isinstance(result.get(k), int | float)}
+        ledger = Ledger.load(self.store)
+        ledger.record(
+            payload["trial_key"],
+            payload["config_hash"],
+            payload["trial"],
+            state,
+            metrics=metrics,
+            error=error,
+        )
+        ledger.save()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._record(trial, FINISHED)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        # Called once retries are exhausted; a later `sweep run` resumes it from its checkpoint.
+        self._record(trial, FAILED, error=str(getattr(trial, "error_file", None) or "error"))
+
+
+class ProgressCallback(Callback):
+    """One status line every `every` seconds and one per trial that ends; never per epoch."""
+
+    def __init__(self, total: int, every: float = 15.0, out=None):
+        self.total, self.every = total, every
+        self.out = out
+        self._last = 0.0
+        self._done = self._failed = 0
+        self._start = time.monotonic()
+
+    def _print(self, text: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {text}", file=self.out or sys.stdout, flush=True)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        now = time.monotonic()
+        if now - self._last < self.every:
+            return
+        self._last = now
+        running = [t for t in trials if t.status == "RUNNING"]
+        parts = [
+            f"{self._done}/{self.total} done",
+            f"{len(running)} running",
+            f"{self._failed} failed",
+        ]
+        epoch, epochs = result.get("epoch"), _payload(trial)["trial"].get("epochs")
+        metric = result.get("val_auprc")
+        detail = f"{_payload(trial)['trial_key']} epoch {epoch}/{epochs}"
+        if isinstance(metric, float) and not math.isnan(metric):
+            detail += f" val_auprc={metric:.3f}"
+        self._print(" | ".join(parts) + f" | {detail}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._done += 1
+        result = trial.last_result or {}
+        score = result.get("test_auprc")
+        score_text = f" test_auprc={score:.4f}" if isinstance(score, float) else ""
+        self._print(
+            f"finished {_payload(trial)['trial_key']}{score_text} ({self._done}/{self.total})"
+        )
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._failed += 1
+        self._print(f"FAILED {_payload(trial)['trial_key']} (see `sweep status`)")

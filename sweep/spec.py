@@ -1,0 +1,252 @@
+"""The sweep spec: one YAML file that describes a whole study.
+
+A spec is validated into a frozen, typed `SweepSpec` before anything runs. Unknown keys are errors,
+and every error names the field (as a dotted path) and, for choices, the valid values:
+
+    name: quickstart                 # experiment name in MLflow, folder name in storage
+    data:
+      path: /data/kaggle_3m          # the LGG kaggle_3m folder, or leave out and use `synthetic`
+      synthetic: {patients: 12, size: 64, seed: 0}
+      split: holdout                 # holdout | kfold
+      n_folds: 5
+      split_seed: 2026
+      image_size: 64
+    grid:                            # the axes; every combination is one trial
+      arch: [cnn, swin]
+      scale: [tiny]
+      recipe: [baseline, nvfp4, 2d_rht_sr]
+      seed: [2026, 2027]
+      fold: [holdout]                # or f0..f4 with split: kfold
+    protocol: {epochs: 3, batch_size: 8}     # overrides of the paper's training protocol
+    model_overrides: {}              # passed to models.build_model (e.g. swin shift option)
+    resources: {cpus_per_trial: 1, gpus_per_trial: 0.25, max_concurrent: 4}
+    tracking_uri: null               # default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
+    storage: ./sweeps                # a folder, a shared filesystem, or s3://bucket/prefix
+                                     # (default: $SWEEP_STORAGE, else ./sweeps)
+    storage_endpoint: null           # e.g. http://minio:9000 for s3:// on MinIO
+    failure: {max_retries: 2}
+    search: null                     # or an Optuna search, see `SearchSpec`
+    save_weights: false              # log each trial's best weights to MLflow
+    analyze: false                   # run `sweep analyze NAME` when the sweep ends
+
+The spec knows nothing about Ray; `sweep.plan` turns it into trial configs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ARCHS = ("cnn", "vit_adamw", "vit_adamax", "swin")
+SCALES = ("tiny", "500k", "4m", "15m")
+FOLDS = ("holdout", "f0", "f1", "f2", "f3", "f4")
+
+
+class SpecError(ValueError):
+    """A spec that cannot run; the message names the file and every offending field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SyntheticData(_Strict):
+    patients: int = Field(12, ge=3)
+    size: int = Field(64, ge=16)
+    seed: int = 0
+    slices_per_patient: int = Field(16, ge=2)
+
+
+class DataSpec(_Strict):
+    path: str | None = None
+    synthetic: SyntheticData | None = None
+    split: Literal["holdout", "kfold"] = "holdout"
+    n_folds: int = Field(5, ge=2, le=5)
+    split_seed: int = 2026
+    image_size: int = Field(256, ge=16)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSpec:
+        if (self.path is None) == (self.synthetic is None):
+            raise ValueError("give exactly one of data.path (a kaggle_3m folder) or data.synthetic")
+        return self
+
+
+class GridSpec(_Strict):
+    arch: list[str]
+    scale: list[str]
+    recipe: list[str]
+    seed: list[int]
+    fold: list[str] = ["holdout"]
+
+    @field_validator("arch", "scale", "recipe", "seed", "fold")
+    @classmethod
+    def _non_empty_unique(cls, values: list, info) -> list:
+        if not values:
+            raise ValueError(f"grid.{info.field_name} is empty: give at least one value")
+        duplicates = sorted({str(v) for v in values if values.count(v) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate values {duplicates}")
+        return values
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, values: list[str]) -> list[str]:
+        return _check_choices(values, ARCHS)
+
+    @field_validator("scale")
+    @classmethod
+    def _known_scale(cls, values: list[str]) -> list[str]:
+        return _check_choices(values, SCALES)
+
+    @field_validator("fold")
+    @classmethod
+    def _known_fold(cls, values: list[str]) -> list[str]:
+        return _check_choices(values, FOLDS)
+
+    @field_validator("recipe")
+    @classmethod
+    def _known_recipe(cls, values: list[str]) -> list[str]:
+        from quant import list_recipes
+
+        return _check_choices(values, tuple(getattr(r, "name", r) for r in list_recipes()))
+
+
+class ResourceSpec(_Strict):
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: float = Field(0.0, ge=0)
+    max_concurrent: int | None = Field(None, ge=1)
+
+    @field_validator("gpus_per_trial")
+    @classmethod
+    def _packable(cls, gpus: float) -> float:
+        # Ray packs fractional requests onto one GPU only for fractions <= 1; above 1 it needs
+        # whole GPUs (1.5 GPUs is not a request any scheduler can honour).
+        if gpus > 1 and gpus != int(gpus):
+            raise ValueError(f"{gpus} GPUs: use a fraction <= 1 to pack, or a whole number")
+        return gpus
+
+
+class FailureSpec(_Strict):
+    max_retries: int = Field(2, ge=0)
+
+
+class SearchParam(_Strict):
+    type: Literal["loguniform", "uniform", "choice", "int"]
+    low: float | None = None
+    high: float | None = None
+    values: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> SearchParam:
+        if self.type == "choice":
+            if not self.values:
+                raise ValueError("a choice parameter needs a non-empty `values` list")
+        elif self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError(f"a {self.type} parameter needs low < high")
+        elif self.type == "loguniform" and self.low <= 0:
+            raise ValueError("a loguniform parameter needs low > 0")
+        return self
+
+
+class SearchSpec(_Strict):
+    """Optuna (through Ray Tune's OptunaSearch) over protocol settings, within a trial budget."""
+
+    algorithm: Literal["optuna"] = "optuna"
+    metric: str = "val_auprc"
+    mode: Literal["max", "min"] = "max"
+    num_samples: int = Field(8, ge=1)
+    seed: int = 0
+    space: dict[str, SearchParam]
+
+    @field_validator("space")
+    @classmethod
+    def _non_empty(cls, space: dict) -> dict:
+        if not space:
+            raise ValueError("search.space is empty: name at least one protocol setting to tune")
+        return space
+
+
+class SweepSpec(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+    data: DataSpec
+    grid: GridSpec
+    protocol: dict[str, Any] = {}
+    model_overrides: dict[str, Any] = {}
+    resources: ResourceSpec = ResourceSpec()
+    tracking_uri: str | None = None
+    storage: str | None = None  # default: $SWEEP_STORAGE, else ./sweeps
+    storage_endpoint: str | None = None
+    failure: FailureSpec = FailureSpec()
+    search: SearchSpec | None = None
+    save_weights: bool = False
+    analyze: bool = False  # run `sweep analyze NAME` when the sweep ends
+
+    @model_validator(mode="after")
+    def _folds_match_split(self) -> SweepSpec:
+        folds = set(self.grid.fold)
+        if self.data.split == "holdout" and folds != {"holdout"}:
+            raise ValueError("grid.fold must be [holdout] when data.split is holdout")
+        if self.data.split == "kfold":
+            valid = {f"f{i}" for i in range(self.data.n_folds)}
+            if not folds <= valid:
+                raise ValueError(
+                    f"grid.fold {sorted(folds - valid)} not in the {self.data.n_folds} folds of "
+                    f"data.split kfold; valid: {sorted(valid)}"
+                )
+        return self
+
+    def resolved_storage(self) -> str:
+        """The storage root: `storage`, else $SWEEP_STORAGE, else ./sweeps (from the cwd)."""
+        return resolve_storage(self.storage)
+
+
+def resolve_storage(storage: str | None) -> str:
+    storage = storage or os.environ.get("SWEEP_STORAGE") or "./sweeps"
+    if "://" in storage:
+        return storage.rstrip("/")
+    return str(Path(storage).expanduser().resolve())
+
+
+def _check_choices(values: list[str], valid: tuple[str, ...]) -> list[str]:
+    unknown = [v for v in values if v not in valid]
+    if unknown:
+        raise ValueError(f"unknown {unknown}; valid choices: {', '.join(valid)}")
+    return values
+
+
+def parse_spec(raw: dict, source: str = "<spec>") -> SweepSpec:
+    """Validate a spec dict; errors name `source` and every field as a dotted path."""
+    if not isinstance(raw, dict):
+        raise SpecError(f"{source}: a sweep spec is a YAML mapping, got {type(raw).__name__}")
+    try:
+        return SweepSpec.model_validate(raw)
+    except ValidationError as err:
+        lines = [f"{source}: invalid sweep spec"]
+        for e in err.errors():
+            where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+            msg = e["msg"].removeprefix("Value error, ")
+            if e["type"] == "extra_forbidden":
+                msg = "unknown key"
+            lines.append(f"  {where}: {msg}")
+        raise SpecError("\n".join(lines)) from None
+
+
+def load_spec(path: str | os.PathLike) -> SweepSpec:
+    """Read and validate a YAML spec file."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: no such spec file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise SpecError(f"{path}: not valid YAML: {err}") from None
+    return parse_spec(raw, source=str(path))
+
+
+def spec_to_yaml(spec: SweepSpec) -> str:
+    return yaml.safe_dump(spec.model_dump(mode="json", exclude_none=False), sort_keys=False)

@@ -1,0 +1,115 @@
+"""`sweep status NAME`: where every trial of a sweep stands, read from its storage alone.
+
+Sources: the ledger (trials that ended) and Ray Tune's per-trial `result.json` (one JSON line per
+epoch reported) in the sweep's experiments. No Ray cluster is needed, so status works while the
+sweep runs, after it was interrupted, and from another machine that sees the storage.
+
+States: FINISHED and FAILED (from the ledger), RUNNING (epochs reported recently by an experiment
+not yet complete), INTERRUPTED (epochs reported, then nothing for `stale_after` seconds: resume
+it with `sweep resume NAME`), PENDING (nothing reported yet).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+from sweep.ledger import Ledger
+from sweep.plan import expand
+from sweep.runner import COMPLETE_MARKER
+from sweep.spec import parse_spec
+from sweep.storage import SweepStore
+
+
+@dataclass
+class TrialStatus:
+    key: str
+    state: str
+    epoch: int | None = None
+    epochs: int | None = None
+    metrics: dict | None = None
+    eta_s: float | None = None
+
+
+def _last_result(store: SweepStore, experiment: str, key: str) -> tuple[dict | None, float]:
+    path = store.path("tune", experiment, key, "result.json")
+    info = store.fs.get_file_info(path)
+    if info.size in (None, 0):
+        return None, 0.0
+    with store.fs.open_input_stream(path) as f:
+        lines = [line for line in f.read().decode().splitlines() if line.strip()]
+    mtime = info.mtime.timestamp() if info.mtime else 0.0
+    return (json.loads(lines[-1]) if lines else None), mtime
+
+
+def sweep_status(store: SweepStore, *, stale_after: float = 300.0) -> list[TrialStatus]:
+    import yaml
+
+    spec = parse_spec(yaml.safe_load(store.read_text("spec.yaml")), source=store.path("spec.yaml"))
+    ledger = Ledger.load(store)
+    experiments = store.list_dirs("tune")
+    rows = []
+    for trial in expand(spec).trials:
+        key, epochs = trial.key, trial.config.epochs
+        entry = ledger.entries.get(key)
+        if (
+            entry
+            and entry.config_hash == trial.config.config_hash
+            and entry.state in ("FINISHED", "FAILED")
+        ):
+            rows.append(
+                TrialStatus(key, entry.state, entry.metrics.get("epoch"), epochs, entry.metrics)
+            )
+            continue
+        row = TrialStatus(key, "PENDING", epochs=epochs)
+        for experiment in reversed(experiments):
+            result, mtime = _last_result(store, experiment, key)
+            if result is None:
+                continue
+            complete = store.exists("tune", experiment, COMPLETE_MARKER)
+            fresh = time.time() - mtime < stale_after
+            row.state = "RUNNING" if fresh and not complete else "INTERRUPTED"
+            row.epoch = result.get("epoch")
+            row.metrics = {
+                k: v for k, v in result.items() if k in ("train_loss", "val_loss", "val_auprc")
+            }
+            per_epoch = result.get("time_total_s", 0) / max(row.epoch or 1, 1)
+            row.eta_s = (
+                per_epoch * max(epochs - (row.epoch or 0), 0) if row.state == "RUNNING" else None
+            )
+            break
+        rows.append(row)
+    return rows
+
+
+def format_status(name: str, rows: list[TrialStatus]) -> str:
+    counts = Counter(r.state for r in rows)
+    head = f"sweep {name}: " + ", ".join(
+        f"{counts[s]} {s.lower()}"
+        for s in ("FINISHED", "RUNNING", "INTERRUPTED", "FAILED", "PENDING")
+        if counts[s]
+    )
+    lines = [
+        head,
+        f"{'trial':44} {'state':12} {'epoch':>7} {'val_loss':>9} {'val_auprc':>9} {'eta':>7}",
+    ]
+    for r in rows:
+        m = r.metrics or {}
+        epoch = f"{r.epoch}/{r.epochs}" if r.epoch is not None else f"-/{r.epochs}"
+        lines.append(
+            f"{r.key:44} {r.state:12} {epoch:>7} {_fmt(m.get('val_loss')):>9} "
+            f"{_fmt(m.get('val_auprc')):>9} {_eta(r.eta_s):>7}"
+        )
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    return f"{value:.4f}" if isinstance(value, int | float) else "-"
+
+
+def _eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds / 60:.0f}m" if seconds >= 60 else f"{seconds:.0f}s"

@@ -1,0 +1,342 @@
+"""The sweep service end to end: real Ray on 127.0.0.1, a real sqlite MLflow store, real files.
+
+- a small sweep runs to completion; running it again skips everything; adding a seed runs only
+  the new trials; changing a result-affecting setting is refused;
+- the driver is SIGKILLed mid-sweep, then `sweep resume` finishes every trial exactly once, the
+  interrupted one from its checkpoint, with one MLflow run per trial and every epoch logged once;
+- trials with fractional GPU requests are packed onto simulated GPU nodes as requested;
+- a sweep submitted through the Jobs API to a `ray start --head` runs to completion.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+SWEEP = [sys.executable, "-m", "sweep"]
+
+
+def _spec(tmp_path: Path, name: str, **overrides) -> dict:
+    spec = {
+        "name": name,
+        "data": {
+            "synthetic": {"patients": 6, "size": 32, "seed": 0, "slices_per_patient": 6},
+            "image_size": 32,
+        },
+        "grid": {"arch": ["cnn"], "scale": ["tiny"], "recipe": ["baseline", "nvfp4"], "seed": [1]},
+        "protocol": {"epochs": 3, "batch_size": 8, "early_stop_warmup": 3},
+        "resources": {"cpus_per_trial": 1, "max_concurrent": 2},
+        "storage": str(tmp_path / "storage"),
+        "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "failure": {"max_retries": 1},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(spec.get(key), dict):
+            spec[key] = {**spec[key], **value}
+        else:
+            spec[key] = value
+    return spec
+
+
+def _write(tmp_path: Path, spec: dict) -> Path:
+    path = tmp_path / f"{spec['name']}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _env(tmp_path: Path) -> dict:
+    env = dict(os.environ)
+    env.update(
+        RAY_AUTH_MODE="disabled",
+        NO_ALBUMENTATIONS_UPDATE="1",
+        PYTHONUNBUFFERED="1",
+        SWEEP_STORAGE=str(tmp_path / "storage"),
+        SWEEP_DATA_CACHE=str(tmp_path / "cache"),
+    )
+    return env
+
+
+def _sweep(tmp_path: Path, *args: str, check: bool = True, timeout: float = 420):
+    out = subprocess.run(
+        [*SWEEP, *args],
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=tmp_path,
+    )
+    if check and out.returncode != 0:
+        raise AssertionError(
+            f"sweep {' '.join(args)} -> {out.returncode}\n{out.stdout}\n{out.stderr}"
+        )
+    return out
+
+
+def _ledger(tmp_path: Path, name: str) -> dict:
+    path = tmp_path / "storage" / name / "ledger.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _runs(tmp_path: Path, name: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(name)
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    return client, [r for r in runs if "trial_key" in r.data.tags]
+
+
+def _epoch_steps(client, run, metric: str = "train_loss") -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run.info.run_id, metric))
+
+
+def test_run_is_idempotent_extends_and_refuses_changed_settings(tmp_path):
+    spec = _spec(tmp_path, "idem")
+    path = _write(tmp_path, spec)
+    first = _sweep(tmp_path, "run", str(path))
+    assert "2/2 trials finished" in first.stdout
+    ledger = _ledger(tmp_path, "idem")
+    assert {e["state"] for e in ledger.values()} == {"FINISHED"} and len(ledger) == 2
+
+    again = _sweep(tmp_path, "run", str(path))
+    assert "2 of 2 trials already finished: skipped" in again.stdout
+    assert _ledger(tmp_path, "idem") == ledger  # nothing re-ran
+
+    spec["grid"]["seed"] = [1, 2]  # a new seed: only its two trials run
+    _sweep(tmp_path, "run", str(_write(tmp_path, spec)))
+    ledger2 = _ledger(tmp_path, "idem")
+    assert len(ledger2) == 4
+    assert all(ledger2[k] == v for k, v in ledger.items())
+
+    client, runs = _runs(tmp_path, "idem")
+    assert Counter(r.data.tags["trial_key"] for r in runs) == Counter({k: 1 for k in ledger2})
+    assert all(r.info.status == "FINISHED" for r in runs)
+    for run in runs:
+        assert _epoch_steps(client, run) == [1, 2, 3]
+        assert 0.0 <= run.data.metrics["test_auprc"] <= 1.0
+
+    status = _sweep(tmp_path, "status", "idem")
+    assert "4 finished" in status.stdout
+
+    spec["protocol"]["epochs"] = 4  # changes results: refused, nothing starts
+    refused = _sweep(tmp_path, "run", str(_write(tmp_path, spec)), check=False)
+    assert refused.returncode == 2
+    assert "changed epochs" in refused.stderr
+    assert _ledger(tmp_path, "idem") == ledger2
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _reported_epochs(tmp_path: Path, name: str, key: str) -> list[int]:
+    epochs = []
+    for result in (tmp_path / "storage" / name / "tune").glob(f"*/{key}/result.json"):
+        for line in result.read_text().splitlines():
+            if line.strip():
+                epochs.append(json.loads(line).get("epoch"))
+    return epochs
+
+
+def test_driver_sigkill_then_resume_finishes_every_trial_exactly_once(tmp_path):
+    spec = _spec(
+        tmp_path,
+        "killed",
+        grid={"recipe": ["baseline", "2d_rht_sr"]},
+        protocol={"epochs": 6, "early_stop_warmup": 6},
+        resources={"cpus_per_trial": 1, "max_concurrent": 1},
+    )
+    path = _write(tmp_path, spec)
+    keys = ["cnn-tiny-baseline-s1-holdout", "cnn-tiny-2d_rht_sr-s1-holdout"]
+    driver = subprocess.Popen(
+        [*SWEEP, "run", str(path)],
+        env=_env(tmp_path),
+        cwd=tmp_path,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        # One trial finished, the other has checkpointed at least two epochs: kill everything.
+        _wait_for(
+            lambda: (
+                len(_ledger(tmp_path, "killed")) == 1
+                and len(_reported_epochs(tmp_path, "killed", keys[1])) >= 2
+            ),
+            timeout=300,
+            what="one finished trial and one half-way",
+        )
+    finally:
+        # The embedded Ray's processes are in the driver's process group: this kills them all,
+        # as losing the machine would, and touches no other Ray on this host.
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    before = _reported_epochs(tmp_path, "killed", keys[1])
+    finished_before = _reported_epochs(tmp_path, "killed", keys[0])
+    assert 2 <= len(before) < 6
+
+    status = _sweep(tmp_path, "status", "killed")
+    assert "1 finished" in status.stdout and "interrupted" in status.stdout.lower()
+
+    out = _sweep(tmp_path, "resume", "killed")
+    assert "2/2 trials finished" in out.stdout
+    ledger = _ledger(tmp_path, "killed")
+    assert {k: e["state"] for k, e in ledger.items()} == {k: "FINISHED" for k in keys}
+    assert _reported_epochs(tmp_path, "killed", keys[0]) == finished_before  # not re-run
+    resumed = _reported_epochs(tmp_path, "killed", keys[1])
+    assert resumed[: len(before)] == before
+    # Continued from a checkpoint, not from scratch: the first epoch after the resume follows the
+    # last checkpoint Ray had registered (the epoch reported last, or one before it if the kill
+    # came between its result and its checkpoint), and the trial ran to its last epoch.
+    assert 2 <= resumed[len(before)] <= max(before) + 1
+    assert resumed[-1] == 6
+
+    client, runs = _runs(tmp_path, "killed")
+    assert Counter(r.data.tags["trial_key"] for r in runs) == Counter(keys)
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert _epoch_steps(client, run) == list(range(1, 7))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_fractional_gpu_trials_are_packed_onto_simulated_gpu_nodes(tmp_path):
+    import ray
+    from ray import tune
+    from ray.cluster_utils import Cluster
+
+    from sweep.runner import tune_resources
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 1})
+    cluster.add_node(num_cpus=2, num_gpus=1)
+    try:
+        ray.init(address=cluster.address)
+
+        def probe(config):
+            ctx = ray.get_runtime_context()
+            tune.report(
+                {"node": ctx.get_node_id(), "gpus": ctx.get_accelerator_ids().get("GPU", [])}
+            )
+
+        spec = _spec(tmp_path, "packed", resources={"cpus_per_trial": 0.5, "gpus_per_trial": 0.5})
+        from sweep.spec import parse_spec
+
+        trainable = tune_resources(parse_spec(spec), probe)
+        results = tune.Tuner(
+            trainable,
+            param_space={"i": tune.grid_search(list(range(4)))},
+            tune_config=tune.TuneConfig(max_concurrent_trials=4),
+            run_config=tune.RunConfig(storage_path=str(tmp_path / "ray"), verbose=0),
+        ).fit()
+        rows = [(r.metrics["node"], tuple(r.metrics["gpus"])) for r in results]
+        assert not results.errors
+        # four half-GPU trials on two one-GPU nodes: two per node, sharing that node's GPU
+        assert Counter(node for node, _ in rows) == Counter({n: 2 for n, _ in rows})
+        assert all(len(gpus) == 1 for _, gpus in rows)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def test_submit_through_the_jobs_api_runs_the_sweep(tmp_path):
+    port, dash = _free_port(), _free_port()
+    env = _env(tmp_path)
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    # --block keeps `ray start` in the foreground: the head and everything it starts share its
+    # process group, which the test stops by PID (never `ray stop`, which stops every Ray here).
+    head = subprocess.Popen(
+        [
+            "ray",
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            "--node-ip-address=127.0.0.1",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            "--num-cpus=2",
+            "--include-dashboard=true",
+            "--disable-usage-stats",
+            f"--temp-dir={tmp_path / 'ray'}",
+        ],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    address = f"http://127.0.0.1:{dash}"
+    try:
+        _wait_for(lambda: _answers(address), timeout=120, what="the Ray dashboard")
+        spec = _spec(tmp_path, "submitted", grid={"recipe": ["baseline"]}, protocol={"epochs": 2})
+        out = subprocess.run(
+            [
+                *SWEEP,
+                "submit",
+                str(_write(tmp_path, spec)),
+                "--address",
+                address,
+                "--wait",
+                "--timeout",
+                "300",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=360,
+        )
+        assert out.returncode == 0, out.stdout + out.stderr
+        status = subprocess.run(
+            [*SWEEP, "status", "submitted", "--address", address],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert "SUCCEEDED" in status.stdout
+        logs = subprocess.run(
+            [*SWEEP, "logs", "submitted", "--address", address],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert "1/1 trials finished" in logs.stdout
+        assert _ledger(tmp_path, "submitted")["cnn-tiny-baseline-s1-holdout"]["state"] == "FINISHED"
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+
+
+def _answers(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/api/version", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False

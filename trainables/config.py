@@ -1,0 +1,324 @@
+"""The trial config: every setting of one training run, frozen, validated, hashed.
+
+One `TrialConfig` is one Ray Tune trial and one MLflow child run. It is built once (by the sweep
+planner, the `train-one` command or a test), validated on construction, saved as JSON beside every
+checkpoint, and never mutated. Two numbers identify it:
+
+- `trial_key` = "{arch}-{scale}-{recipe}-s{seed}-{fold}", the human name of the grid point (Ray
+  trial directory, MLflow run name and tag).
+- `config_hash` = sha256 of the canonical JSON (sorted keys, no whitespace) of every field that
+  can change a result. Two configs with the same hash must train to the same weights on the same
+  device; anything else is a different experiment and the sweep ledger must not mix them.
+
+Result-affecting (hashed): the grid point (arch, scale, recipe, seed, fold), the data (split seed,
+number of folds, the dataset path and version string, or the synthetic dataset's parameters; the
+image size; augmentation on/off), the whole protocol (epochs, batch size, optimizer, lr, weight
+decay, gradient clipping, plateau scheduler, early stopping, loss weights and Tversky parameters,
+logit clamp, precision), the model overrides, and the code version (package version + git sha).
+
+Not result-affecting (excluded from the hash, listed in `NOT_HASHED`): `num_workers` (augmentation
+is seeded per (seed, epoch, sample), so the number of loader processes cannot change a sample),
+`cache_dir` (where decoded data is kept), `tracking` (where results are logged), and `test_hooks`
+(failure injection for the restore tests; never set it in a real sweep).
+
+Protocol defaults are the paper's (PAPER.md, "Training"); optimizer, lr and weight decay default
+per arch from `ARCH_DEFAULTS` and can be overridden. Errors name the field:
+
+    >>> TrialConfig(arch="cnn", scale="tiny", recipe="baseline", seed=0, lr=-1, synthetic={})
+    ConfigError: invalid trial config
+      lr: Input should be greater than 0
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+ARCHS = ("cnn", "vit_adamw", "vit_adamax", "swin")
+
+
+# Per sweep arch: (optimizer, lr, weight decay, model arch). PAPER.md "Training".
+ARCH_DEFAULTS: dict[str, tuple[str, float, float, str]] = {
+    "cnn": ("adamax", 5e-4, 0.0, "cnn"),
+    "vit_adamw": ("adamw", 1e-4, 1e-4, "vit"),
+    "vit_adamax": ("adamax", 5e-4, 0.0, "vit"),
+    "swin": ("adamw", 1e-4, 1e-4, "swin"),
+}
+
+#: Fields that cannot change a result, hence left out of `config_hash` (see module docstring).
+NOT_HASHED = frozenset({"num_workers", "cache_dir", "tracking", "test_hooks"})
+
+
+class ConfigError(ValueError):
+    """An invalid trial config; the message names every offending field."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SyntheticData(_Frozen):
+    """Parameters of a generated dataset (trainables.synth.write_synthetic), in place of a path."""
+
+    patients: int = Field(12, ge=3)
+    size: int = Field(64, ge=16)
+    seed: int = 0
+    slices_per_patient: int = Field(16, ge=2)
+
+
+class TrackingConfig(_Frozen):
+    """Where the run is logged (MLflow). Not result-affecting."""
+
+    tracking_uri: str | None = None
+    experiment: str = "train-one"
+    parent_run_id: str | None = None
+    tags: dict[str, str] = {}
+    log_weights: bool = False  # upload the best weights as an artifact
+
+
+class TestHooks(_Frozen):
+    """Failure injection for the restore tests only. Never set in a real sweep."""
+
+    __test__ = False  # not a pytest test class, despite the name
+
+    # Raise InjectedFailure at the start of this epoch (1-based, >= 2) unless this attempt resumed
+    # at or after it, so a retried trial restores from the previous epoch's checkpoint and goes on.
+    fail_at_epoch: int | None = Field(None, ge=2)
+
+
+class TrialConfig(_Frozen):
+    """Every setting of one training run (see the module docstring for what is hashed)."""
+
+    # -- the grid point
+    arch: Literal["cnn", "vit_adamw", "vit_adamax", "swin"]
+    scale: str
+    recipe: str
+    seed: int = Field(ge=0)
+    fold: str = "holdout"
+
+    # -- the data
+    split_seed: int = 2026
+    n_folds: int = Field(5, ge=2, le=10)
+    data_path: str | None = None
+    data_version: str | None = None  # e.g. a fingerprint of the files; None = the path alone
+    synthetic: SyntheticData | None = None
+    image_size: int = Field(256, ge=16)
+    augment: bool = True
+
+    # -- the protocol (PAPER.md "Training"); optimizer/lr/weight_decay default per arch
+    epochs: int = Field(100, ge=1)
+    batch_size: int = Field(32, ge=1)
+    optimizer: Literal["adamw", "adamax"]
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    plateau_factor: float = Field(0.5, gt=0, lt=1)
+    plateau_patience: int = Field(10, ge=0)
+    early_stop_min_delta: float = Field(0.001, ge=0)
+    early_stop_patience: int = Field(20, ge=1)
+    early_stop_warmup: int = Field(40, ge=0)
+    bce_weight: float = Field(1.0, ge=0)
+    tversky_weight: float = Field(1.0, ge=0)
+    tversky_alpha: float = Field(0.3, ge=0)  # weight of false positives
+    tversky_beta: float = Field(0.7, ge=0)  # weight of false negatives
+    tversky_smooth: float = Field(1e-5, gt=0)
+    logit_clamp: float = Field(20.0, gt=0)  # BCE sees logits clamped to [-c, c]
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    model_overrides: dict[str, Any] = {}
+    code_version: str = Field(default_factory=lambda: code_version())
+
+    # -- not result-affecting (NOT_HASHED)
+    num_workers: int = Field(0, ge=0)
+    cache_dir: str | None = None
+    tracking: TrackingConfig | None = None
+    test_hooks: TestHooks | None = None
+
+    # ------------------------------------------------------------------ validation
+
+    def __init__(self, **fields: Any) -> None:
+        try:
+            super().__init__(**fields)
+        except ValidationError as err:
+            raise ConfigError(_describe(err, "trial config")) from None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _arch_defaults(cls, data: Any) -> Any:
+        """Fill optimizer, lr and weight decay from the arch's row of the paper's table."""
+        if not isinstance(data, dict) or data.get("arch") not in ARCH_DEFAULTS:
+            return data  # the field validator reports the bad arch
+        optimizer, lr, weight_decay, _ = ARCH_DEFAULTS[data["arch"]]
+        data = dict(data)
+        for key, value in (("optimizer", optimizer), ("lr", lr), ("weight_decay", weight_decay)):
+            if data.get(key) is None:
+                data[key] = value
+        return data
+
+    @field_validator("scale")
+    @classmethod
+    def _known_scale(cls, scale: str, info) -> str:
+        import models
+
+        arch = info.data.get("arch")
+        if arch in ARCH_DEFAULTS:
+            valid = models.list_scales(ARCH_DEFAULTS[arch][3])
+            if scale not in valid:
+                raise ValueError(f"unknown scale {scale!r}; valid choices: {', '.join(valid)}")
+        return scale
+
+    @field_validator("recipe")
+    @classmethod
+    def _known_recipe(cls, recipe: str) -> str:
+        import quant
+
+        valid = list(quant.list_recipes())
+        if recipe not in valid:
+            raise ValueError(f"unknown recipe {recipe!r}; valid choices: {', '.join(valid)}")
+        return recipe
+
+    @field_validator("data_path")
+    @classmethod
+    def _absolute_path(cls, path: str | None) -> str | None:
+        # Ray workers run in their own directory: a relative path would point elsewhere there.
+        return None if path is None else os.path.abspath(os.path.expanduser(path))
+
+    @field_validator("model_overrides")
+    @classmethod
+    def _json_overrides(cls, overrides: dict[str, Any]) -> dict[str, Any]:
+        try:
+            json.dumps(overrides, sort_keys=True)
+        except TypeError as err:
+            raise ValueError(f"must be JSON-serializable (it is hashed): {err}") from None
+        return overrides
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrialConfig:
+        if (self.data_path is None) == (self.synthetic is None):
+            raise ValueError("give exactly one of data_path (a kaggle_3m folder) or synthetic")
+        valid_folds = ["holdout", *(f"f{i}" for i in range(self.n_folds))]
+        if self.fold not in valid_folds:
+            raise ValueError(f"fold {self.fold!r} is not one of {', '.join(valid_folds)}")
+        return self
+
+    # ------------------------------------------------------------------ identity
+
+    @property
+    def model_arch(self) -> str:
+        """The models registry arch ("vit" for both ViT optimizer variants)."""
+        return ARCH_DEFAULTS[self.arch][3]
+
+    @property
+    def split(self) -> str:
+        return "holdout" if self.fold == "holdout" else "kfold"
+
+    @property
+    def fold_index(self) -> int | None:
+        return None if self.fold == "holdout" else int(self.fold[1:])
+
+    @property
+    def trial_key(self) -> str:
+        return f"{self.arch}-{self.scale}-{self.recipe}-s{self.seed}-{self.fold}"
+
+    def result_fields(self) -> dict[str, Any]:
+        """The hashed fields, as JSON-ready values."""
+        return self.model_dump(mode="json", exclude=set(NOT_HASHED))
+
+    @property
+    def config_hash(self) -> str:
+        canonical = json.dumps(self.result_fields(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    # ------------------------------------------------------------------ (de)serialization
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.write_text(self.to_json() + "\n")
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "trial config") -> TrialConfig:
+        return cls.from_fields(data, source=source)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "trial config") -> TrialConfig:
+        return cls.from_fields(json.loads(text), source=source)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> TrialConfig:
+        path = Path(path)
+        return cls.from_json(path.read_text(), source=str(path))
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, Any], source: str = "trial config") -> TrialConfig:
+        """Validate `fields`; a failure raises ConfigError naming `source` and every field."""
+        if not isinstance(fields, dict):
+            raise ConfigError(f"{source}: expected a mapping, got {type(fields).__name__}")
+        try:
+            return cls.model_validate(fields)
+        except ValidationError as err:
+            raise ConfigError(_describe(err, source)) from None
+
+    def replace(self, **changes: Any) -> TrialConfig:
+        """A validated copy with some fields changed."""
+        return type(self).from_fields({**self.to_dict(), **changes})
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    lines = [
+        "invalid trial config" if source == "trial config" else f"{source}: invalid trial config"
+    ]
+    valid_keys = ", ".join(TrialConfig.model_fields)
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(config)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = f"unknown key; valid keys: {valid_keys}"
+        lines.append(f"  {where}: {msg}")
+    return "\n".join(lines)
+
+
+@functools.cache
+def code_version() -> str:
+    """Package version, plus "+g<sha>" when the code runs from a git checkout."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        base = version("nvfp4-sweep")
+    except PackageNotFoundError:
+        base = "0.0.0+unknown"
+    sha = _git_sha(Path(__file__).resolve().parent)
+    return f"{base}+g{sha[:12]}" if sha else base
+
+
+def _git_sha(where: Path) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(where), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None

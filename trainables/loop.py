@@ -1,0 +1,654 @@
+"""One QAT training run under the paper's protocol. No Ray here: the trainable wraps this.
+
+    run = TrainingRun(config, checkpoint_dir=..., data_root=...)   # build, or restore
+    result = run.fit()                                             # epochs, then final evaluation
+
+Protocol (PAPER.md "Training", its defects not repeated):
+- Identical initial weights for every recipe of one (arch, scale, seed): seed torch with the seed,
+  build the model, *then* `quant.prepare(model, recipe)`, which swaps layers but shares the very
+  Parameters, so the weights cannot depend on the recipe. Then re-seed (torch, numpy, python) from
+  (seed, "train") so dropout streams match across recipes too. Stochastic rounding draws from a
+  generator of its own, seeded from (seed, "sr") and owned by the run (checkpointed).
+- Data order: a fresh generator per epoch seeded from (seed, "order", epoch), passed to the
+  DataLoader (which then draws nothing from the global RNG); augmentation is seeded per (seed,
+  epoch, sample) by the dataset's `set_epoch`. A resumed run sees exactly the same batches.
+- Per epoch: train (BCE + Tversky, gradient clipping at norm 1.0), validate (loss and every pixel
+  metric of trainables.metrics), ReduceLROnPlateau(mode="min") on the validation loss, early
+  stopping, best-weights bookkeeping, checkpoint, report.
+- Early stopping: an improvement is a drop of the validation loss by more than min_delta (0.001)
+  below the best so far; the patience counter (20) counts only epochs after the warmup (40), so
+  no run stops before epoch warmup + patience. The best weights are those of the lowest validation
+  loss of any epoch (any drop counts there): they are the result.
+- At the end: load the best weights, evaluate validation and test, log final metrics and the
+  artifacts (config, history, PR curves, prediction histograms, their PNGs, the quantization-error
+  table).
+- A non-finite training or validation loss raises NonFiniteLossError naming the epoch and step:
+  the run fails loudly; no batch or epoch is ever skipped.
+- Device: CUDA with bf16 autocast when available (`precision="auto"`), fp32 on CPU, where the run
+  is deterministic (torch.use_deterministic_algorithms) and bitwise reproducible for a fixed
+  number of threads, across a stop and restore included.
+
+Observers: `tracker` (trainables.tracking.TrialTracker, or anything with log_epoch, log_final,
+log_artifact and state) and `callbacks` (see `Callback`), called after each epoch's checkpoint is
+on disk — the Ray trainable reports that folder to Ray Tune.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Iterable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from trainables.checkpoint import (
+    STATE_FILE,
+    capture_rng,
+    load_checkpoint,
+    read_tracking_state,
+    restore_rng,
+    save_checkpoint,
+)
+from trainables.config import TrialConfig
+from trainables.losses import SegmentationLoss
+from trainables.metrics import PixelHistogram, pr_curve_points, prediction_histogram
+
+#: Per-epoch keys that measure time, not results (left out of exactness comparisons).
+TIMING_KEYS = frozenset({"epoch_time_s"})
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training diverged: a loss became NaN or infinite."""
+
+
+class InjectedFailure(RuntimeError):
+    """Raised by TestHooks.fail_at_epoch (restore tests only)."""
+
+
+# --------------------------------------------------------------------------- observers
+
+
+class Callback:
+    """Hooks called by the loop; the checkpoint folder is complete when they run."""
+
+    def on_epoch_end(self, metrics: dict[str, float], checkpoint_dir: Path) -> None:
+        pass
+
+    def on_train_end(self, metrics: dict[str, float], checkpoint_dir: Path) -> None:
+        pass
+
+
+@dataclass
+class RunResult:
+    config: TrialConfig
+    final_metrics: dict[str, float]
+    history: list[dict[str, float]]
+    best_epoch: int
+    stopped_early: bool
+    checkpoint_dir: Path
+    artifacts_dir: Path
+    artifacts: list[Path] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- seeds and device
+
+
+def derive_seed(seed: int, *tags: object) -> int:
+    """A 63-bit seed for one stream of the run, independent of every other stream."""
+    digest = hashlib.sha256(":".join(map(str, (seed, *tags))).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def seed_globals(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def autocast_dtype(config: TrialConfig, device: torch.device) -> torch.dtype | None:
+    """bf16 on CUDA ("auto" or "bf16"), bf16 on CPU only when asked; None means fp32."""
+    if config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+# --------------------------------------------------------------------------- data
+
+
+def data_cache_root(config: TrialConfig) -> Path:
+    """config.cache_dir, else $SWEEP_DATA_CACHE, else ~/.cache/nvfp4-sweep (as trainables.cache)."""
+    root = config.cache_dir or os.environ.get("SWEEP_DATA_CACHE") or "~/.cache/nvfp4-sweep"
+    return Path(root).expanduser()
+
+
+def resolve_data_root(config: TrialConfig) -> Path:
+    """The dataset folder: `data_path`, or the synthetic dataset, generated once per parameters."""
+    if config.data_path is not None:
+        root = Path(config.data_path)
+        if not root.is_dir():
+            raise FileNotFoundError(f"data_path {root} is not a folder (expected kaggle_3m layout)")
+        return root
+    from trainables.synth import write_synthetic
+
+    params = config.synthetic.model_dump()
+    tag = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+    root = data_cache_root(config) / "synthetic" / tag
+    root.parent.mkdir(parents=True, exist_ok=True)
+    # Concurrent trials on one node share the folder: the first writes it under the lock.
+    with open(root.parent / f"{tag}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / "data.csv").is_file():
+            write_synthetic(root, force=True, **params)
+    return root
+
+
+def build_datasets_for(config: TrialConfig, data_root: Path):
+    from trainables.datasets import build_datasets
+
+    return build_datasets(
+        data_root,
+        image_size=config.image_size,
+        split=config.split,
+        fold=config.fold_index,
+        n_folds=config.n_folds,
+        split_seed=config.split_seed,
+        seed=config.seed,
+        cache_dir=None if config.cache_dir is None else Path(config.cache_dir) / "data",
+        augment=config.augment,
+    )
+
+
+# --------------------------------------------------------------------------- model and optimizer
+
+
+def build_model_for(config: TrialConfig, sr_generator: torch.Generator) -> torch.nn.Module:
+    """Seed, build, then quantize: the initial weights never depend on the recipe."""
+    import models
+    import quant
+
+    overrides = {"img_size": config.image_size, **config.model_overrides}
+    torch.manual_seed(config.seed)
+    model = models.build_model(config.model_arch, config.scale, **overrides)
+    model.check_input_size(config.image_size, config.image_size)
+    return quant.prepare(model, quant.get_recipe(config.recipe), generator=sr_generator)
+
+
+def build_optimizer(config: TrialConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    kinds = {"adamw": torch.optim.AdamW, "adamax": torch.optim.Adamax}
+    return kinds[config.optimizer](
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+
+
+# --------------------------------------------------------------------------- early stopping
+
+
+class EarlyStopping:
+    """Stop after `patience` post-warmup epochs without a drop of more than `min_delta`."""
+
+    def __init__(self, min_delta: float, patience: int, warmup: int) -> None:
+        self.min_delta, self.patience, self.warmup = min_delta, patience, warmup
+        self.best = math.inf
+        self.bad_epochs = 0
+
+    def step(self, epoch: int, val_loss: float) -> bool:
+        """Record epoch `epoch` (1-based); True when training should stop after it."""
+        if self.best - val_loss > self.min_delta:
+            self.best, self.bad_epochs = val_loss, 0
+        elif epoch > self.warmup:  # the counter does not accumulate during warmup
+            self.bad_epochs += 1
+        return self.bad_epochs >= self.patience
+
+    def state_dict(self) -> dict[str, float]:
+        return {"best": self.best, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.best, self.bad_epochs = float(state["best"]), int(state["bad_epochs"])
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class TrainingRun:
+    """Everything one run owns; `fit()` trains to the end (resuming if a checkpoint is given)."""
+
+    def __init__(
+        self,
+        config: TrialConfig,
+        *,
+        checkpoint_dir: str | os.PathLike,
+        data_root: str | os.PathLike | None = None,
+        resume_from: str | os.PathLike | None = None,
+        device: str | torch.device | None = None,
+        tracker: Any = None,
+        callbacks: Iterable[Callback] = (),
+        artifacts_dir: str | os.PathLike | None = None,
+        datasets: Any = None,
+    ) -> None:
+        self.config = config
+        self.device = resolve_device(device)
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.artifacts_dir = Path(artifacts_dir or self.checkpoint_dir / "artifacts")
+        self.tracker, self.callbacks = tracker, list(callbacks)
+        self.amp_dtype = autocast_dtype(config, self.device)
+        if self.device.type == "cpu":
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        if datasets is None:
+            root = Path(data_root) if data_root is not None else resolve_data_root(config)
+            datasets = build_datasets_for(config, root)
+        self.data = datasets
+        self.sr_generator = torch.Generator(device=self.device)
+        self.sr_generator.manual_seed(derive_seed(config.seed, "sr"))
+        self.model = build_model_for(config, self.sr_generator).to(self.device)
+        seed_globals(derive_seed(config.seed, "train"))
+        self.optimizer = build_optimizer(config, self.model)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, mode="min", factor=config.plateau_factor,
+            patience=config.plateau_patience,
+        )  # fmt: skip
+        self.stopper = EarlyStopping(
+            config.early_stop_min_delta, config.early_stop_patience, config.early_stop_warmup
+        )
+        self.loss_fn = SegmentationLoss(config)
+        self.epoch = 0  # last completed epoch
+        self.history: list[dict[str, float]] = []
+        self.best_val_loss, self.best_epoch, self.best_model = math.inf, 0, None
+        self.stopped_early = False
+        self.final_metrics: dict[str, float] | None = None
+        self.first_epoch_this_attempt = 1
+        if resume_from is not None:
+            self.restore(resume_from)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "finished": self.final_metrics is not None,
+            "stopped_early": self.stopped_early,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "early_stopping": self.stopper.state_dict(),
+            "best": {
+                "val_loss": self.best_val_loss,
+                "epoch": self.best_epoch,
+                "model": self.best_model,
+            },  # fmt: skip
+            "history": self.history,
+            "rng": capture_rng(self.sr_generator),
+            "tracking": self.tracker.state() if self.tracker is not None else None,
+            "final_metrics": self.final_metrics,
+        }
+
+    def save(self) -> Path:
+        return save_checkpoint(self.checkpoint_dir, self.state(), self.config)
+
+    def restore(self, directory: str | os.PathLike) -> None:
+        # On the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest.
+        state = load_checkpoint(directory, self.config, map_location="cpu")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.stopper.load_state_dict(state["early_stopping"])
+        best = state["best"]
+        self.best_val_loss, self.best_epoch, self.best_model = (
+            best["val_loss"], best["epoch"], best["model"],
+        )  # fmt: skip
+        self.history = list(state["history"])
+        self.epoch, self.stopped_early = state["epoch"], state["stopped_early"]
+        self.final_metrics = state["final_metrics"]
+        self.first_epoch_this_attempt = self.epoch + 1
+        restore_rng(state["rng"], self.sr_generator)
+
+    # ------------------------------------------------------------------ epochs
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _loader(self, dataset, *, shuffle: bool, epoch: int) -> DataLoader:
+        generator = torch.Generator().manual_seed(derive_seed(self.config.seed, "order", epoch))
+        return DataLoader(
+            dataset,
+            batch_size=self.config.batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            num_workers=self.config.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        self.model.train()
+        self.data.train.set_epoch(epoch)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        sums, seen = np.zeros(3), 0
+        for step, (x, y) in enumerate(self._loader(self.data.train, shuffle=True, epoch=epoch)):
+            x = x.to(self.device, non_blocking=True)
+            y = y.to(self.device, non_blocking=True)
+            with self._autocast():
+                logits = self.model(x)
+            terms = self.loss_fn(logits, y)
+            values = [t.item() for t in terms]
+            if not math.isfinite(values[0]):
+                raise NonFiniteLossError(
+                    f"{self.config.trial_key}: training loss {values[0]} at epoch {epoch}, "
+                    f"step {step} (bce {values[1]}, tversky {values[2]})"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            terms.total.backward()
+            torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+            self.optimizer.step()
+            sums += np.array(values) * len(x)
+            seen += len(x)
+        train = (sums / seen).tolist()  # Python floats: numpy scalars cannot be checkpointed
+        return {"train_loss": train[0], "train_bce": train[1], "train_tversky": train[2]}
+
+    @torch.no_grad()
+    def evaluate(self, dataset) -> tuple[dict[str, float], PixelHistogram]:
+        """Loss terms and the pixel histogram of `dataset` under the current weights."""
+        self.model.eval()
+        hist, sums, seen = PixelHistogram(), np.zeros(3), 0
+        for x, y in self._loader(dataset, shuffle=False, epoch=0):
+            x = x.to(self.device, non_blocking=True)
+            y = y.to(self.device, non_blocking=True)
+            with self._autocast():
+                logits = self.model(x)
+            terms = self.loss_fn(logits, y)
+            sums += np.array([t.item() for t in terms]) * len(x)
+            seen += len(x)
+            hist.update(torch.sigmoid(logits.float()), y)
+        loss = (sums / seen).tolist()
+        if not math.isfinite(loss[0]):
+            raise NonFiniteLossError(f"{self.config.trial_key}: evaluation loss {loss[0]}")
+        return {"loss": loss[0], "bce": loss[1], "tversky": loss[2]}, hist
+
+    def run_epoch(self, epoch: int) -> dict[str, float]:
+        start = time.perf_counter()
+        record: dict[str, float] = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]}
+        record.update(self.train_epoch(epoch))
+        losses, hist = self.evaluate(self.data.val)
+        record.update({f"val_{k}": v for k, v in losses.items()})
+        record.update({f"val_{k}": v for k, v in hist.compute().items()})
+        val_loss = record["val_loss"]
+        self.scheduler.step(val_loss)
+        if val_loss < self.best_val_loss:
+            self.best_val_loss, self.best_epoch = val_loss, epoch
+            self.best_model = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.stopped_early = self.stopper.step(epoch, val_loss)
+        record.update(best_val_loss=self.best_val_loss, best_epoch=self.best_epoch)
+        record["epoch_time_s"] = time.perf_counter() - start
+        return {k: float(v) for k, v in record.items()}
+
+    # ------------------------------------------------------------------ the whole run
+
+    def fit(self) -> RunResult:
+        hooks = self.config.test_hooks
+        while self.final_metrics is None and self.epoch < self.config.epochs:
+            if self.stopped_early:
+                break
+            epoch = self.epoch + 1
+            if hooks and hooks.fail_at_epoch == epoch and self.first_epoch_this_attempt < epoch:
+                raise InjectedFailure(f"injected failure at the start of epoch {epoch}")
+            record = self.run_epoch(epoch)
+            self.epoch = epoch
+            self.history.append(record)
+            self.save()
+            if self.tracker is not None:
+                self.tracker.log_epoch(epoch, record)
+            for callback in self.callbacks:
+                callback.on_epoch_end(record, self.checkpoint_dir)
+        artifacts = []
+        if self.final_metrics is None:
+            artifacts = self.finish()
+        for callback in self.callbacks:
+            callback.on_train_end(self.final_metrics, self.checkpoint_dir)
+        return RunResult(
+            config=self.config,
+            final_metrics=self.final_metrics,
+            history=self.history,
+            best_epoch=self.best_epoch,
+            stopped_early=self.stopped_early,
+            checkpoint_dir=self.checkpoint_dir,
+            artifacts_dir=self.artifacts_dir,
+            artifacts=artifacts,
+        )
+
+    def finish(self) -> list[Path]:
+        """Best weights -> final validation and test metrics, artifacts, final checkpoint."""
+        if self.best_model is not None:
+            self.model.load_state_dict(self.best_model)
+        final: dict[str, float] = {
+            "best_epoch": float(self.best_epoch),
+            "best_val_loss": float(self.best_val_loss),
+            "epochs_run": float(self.epoch),
+            "stopped_early": float(self.stopped_early),
+        }
+        curves = {}
+        for split in ("val", "test"):
+            losses, hist = self.evaluate(getattr(self.data, split))
+            final.update({f"{split}_{k}": float(v) for k, v in losses.items()})
+            final.update({f"{split}_{k}": float(v) for k, v in hist.compute().items()})
+            curves[split] = hist.negatives_positives()
+        paths = write_artifacts(self, curves)
+        self.final_metrics = final
+        self.save()
+        if self.tracker is not None:
+            self.tracker.log_final(final)
+            for path in paths:
+                self.tracker.log_artifact(path)
+        return paths
+
+
+def train(
+    config: TrialConfig,
+    *,
+    checkpoint_dir: str | os.PathLike,
+    data_root: str | os.PathLike | None = None,
+    resume_from: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    tracker: Any = None,
+    callbacks: Iterable[Callback] = (),
+    artifacts_dir: str | os.PathLike | None = None,
+) -> RunResult:
+    """Train one run to the end (resuming from `resume_from` if given); see TrainingRun."""
+    return TrainingRun(
+        config,
+        checkpoint_dir=checkpoint_dir,
+        data_root=data_root,
+        resume_from=resume_from,
+        device=device,
+        tracker=tracker,
+        callbacks=callbacks,
+        artifacts_dir=artifacts_dir,
+    ).fit()
+
+
+# --------------------------------------------------------------------------- tracking lifecycle
+# Shared by the Ray trainable and `sweep train-one`: the tracker is opened before the loop and
+# finished after it, whatever happens, with the status that says how the run ended.
+
+TRACKING_DIR = "tracking"  # the MLflow journal, inside the checkpoint so it travels with it
+
+
+def build_tracker(config: TrialConfig, checkpoint_dir: Path):
+    """The trial's MLflow tracker, reopening the run id the checkpoint kept (None: no tracking)."""
+    if config.tracking is None:
+        return None
+    import quant
+    from trainables.tracking import TrialTracker
+
+    recipe = quant.get_recipe(config.recipe)
+    sha = config.code_version.partition("+g")[2]
+    tags = {
+        "sweep": config.tracking.experiment,
+        "trial_key": config.trial_key,
+        "arch": config.arch,
+        "scale": config.scale,
+        "recipe": config.recipe,
+        "recipe_id": "" if recipe.paper_id is None else str(recipe.paper_id),
+        "seed": str(config.seed),
+        "fold": config.fold,
+        "split_seed": str(config.split_seed),
+        "config_hash": config.config_hash,
+        "git_sha": sha or "unknown",
+        **config.tracking.tags,
+    }
+    params = config.model_dump(mode="json", exclude={"tracking", "test_hooks"})
+    tracker = TrialTracker(
+        tracking_uri=config.tracking.tracking_uri,
+        experiment=config.tracking.experiment,
+        trial_key=tags["trial_key"],  # a search sample's own key, else the grid point's
+        tags=tags,
+        params=params,
+        buffer_dir=checkpoint_dir / TRACKING_DIR,
+        parent_run_id=config.tracking.parent_run_id,
+        run_id=read_tracking_state(checkpoint_dir).get("run_id"),
+    )
+    tracker.start()
+    return tracker
+
+
+def run_tracked(
+    config: TrialConfig,
+    checkpoint_dir: Path,
+    *,
+    callbacks: list[Callback],
+    data_root: Path | None = None,
+    device: str | None = None,
+    artifacts_dir: Path | None = None,
+):
+    """The loop with its tracker's lifecycle around it; resumes if `checkpoint_dir` holds one.
+    Artifacts default to `checkpoint_dir`/artifacts, so Tune persists them with the checkpoint."""
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    resume = checkpoint_dir if (checkpoint_dir / STATE_FILE).is_file() else None
+    tracker = build_tracker(config, checkpoint_dir)
+    status = "FAILED"
+    try:
+        result = train(
+            config,
+            checkpoint_dir=checkpoint_dir,
+            data_root=data_root,
+            resume_from=resume,
+            device=device,
+            tracker=tracker,
+            callbacks=callbacks,
+            artifacts_dir=artifacts_dir,
+        )
+        status = "FINISHED"
+        return result
+    except (KeyboardInterrupt, SystemExit):
+        status = "KILLED"
+        raise
+    finally:
+        if tracker is not None:
+            tracker.finish(status)
+
+
+# --------------------------------------------------------------------------- artifacts
+# Small files only (the paper's code pickled hundreds of MB of probabilities per run): the PR
+# curve is downsampled to <= 512 points and the histogram has 100 bins.
+
+
+def write_artifacts(
+    run: TrainingRun, curves: dict[str, tuple[np.ndarray, np.ndarray]]
+) -> list[Path]:
+    """config.json, history.json, pr_curve[_val].json, pred_hist[_val].json (no suffix: test),
+    two PNGs, the quantization-error table, and the best weights when tracking asks for them."""
+    out = run.artifacts_dir
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [run.config.save(out / "config.json"), _write_json(out / "history.json", run.history)]
+    figure_data = {}
+    for split, (neg, pos) in curves.items():
+        suffix = "" if split == "test" else f"_{split}"
+        edges, counts = prediction_histogram(neg, pos)
+        hist = {"split": split, "bin_edges": edges.tolist(), "counts": counts.tolist()}
+        pr = {"split": split, "precision": [], "recall": []}
+        if pos.sum() > 0:
+            pr.update(pr_curve_points(neg, pos))
+        paths.append(_write_json(out / f"pr_curve{suffix}.json", pr))
+        paths.append(_write_json(out / f"pred_hist{suffix}.json", hist))
+        figure_data[split] = (pr, hist)
+    paths.extend(_plot_figures(out, figure_data, run.config.trial_key))
+    table = quantization_table(run)
+    if table is not None:
+        paths.append(_write_json(out / "quantization_error.json", table))
+    tracking = run.config.tracking
+    if tracking is not None and tracking.log_weights and run.best_model is not None:
+        weights = out / "best_model.pt"
+        torch.save({k: v.cpu() for k, v in run.best_model.items()}, weights)
+        paths.append(weights)
+    return paths
+
+
+def quantization_table(run: TrainingRun) -> list[dict] | None:
+    """Per quantized layer and operand (FPROP, DGRAD, WGRAD): SQNR in dB and the zero-scale
+    fraction, measured by quant.telemetry on one forward + backward of the first validation
+    batch with the final weights. None when nothing is quantized (the baseline recipe).
+
+    Eval mode (no dropout draw), gradients discarded, and the SR generator put back afterwards:
+    measuring leaves no trace in the run's state."""
+    import quant.telemetry
+    from quant.modules import quantized_layers
+
+    if not quantized_layers(run.model):
+        return None
+    x, y = next(iter(run._loader(run.data.val, shuffle=False, epoch=0)))
+    x, y = x.to(run.device), y.to(run.device)
+    sr_state = run.sr_generator.get_state()
+    run.model.eval()
+    with quant.telemetry.collect(run.model):
+        with run._autocast():
+            logits = run.model(x)
+        run.loss_fn(logits, y).total.backward()
+    run.model.zero_grad(set_to_none=True)
+    run.sr_generator.set_state(sr_state)
+    return quant.telemetry.quantization_report(run.model) or None
+
+
+def _write_json(path: Path, obj: Any) -> Path:
+    path.write_text(json.dumps(obj, indent=1) + "\n")
+    return path
+
+
+def _plot_figures(out: Path, data: dict, title: str) -> list[Path]:
+    # matplotlib's object API: no pyplot import, no global figure state, no display backend.
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.5, 4))
+    ax = fig.add_subplot()
+    for split, (pr, _) in data.items():
+        ax.step(pr["recall"], pr["precision"], where="post", label=split)
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
+    ax.legend()
+    fig.subplots_adjust(left=0.17, bottom=0.13, right=0.96, top=0.91)  # tight_layout is slow
+    fig.savefig(out / "pr_curve.png", dpi=100)
+
+    fig = Figure(figsize=(4.5, 4))
+    ax = fig.add_subplot()
+    for split, (_, hist) in data.items():
+        edges, counts = np.asarray(hist["bin_edges"]), np.asarray(hist["counts"])
+        ax.stairs(np.maximum(counts, 0.5), edges, label=split)  # 0.5: empty bins on a log axis
+    ax.set(xlabel="predicted probability", ylabel="pixels", yscale="log", title=title)
+    ax.legend()
+    fig.subplots_adjust(left=0.17, bottom=0.13, right=0.96, top=0.91)  # tight_layout is slow
+    fig.savefig(out / "pred_hist.png", dpi=100)
+    return [out / "pr_curve.png", out / "pred_hist.png"]

@@ -1,0 +1,145 @@
+"""The Ray Tune function trainable: a thin adapter from one Tune trial to `trainables.loop`.
+
+    tune.Tuner(tune.with_resources(train_trial, {"cpu": 1}), param_space={"trial": payload}, ...)
+
+What it adds to the loop, and nothing else:
+- the config: Tune's `config` is either a TrialConfig dict itself or the sweep's payload
+  ``{"trial": {"trial": <TrialConfig dict>, "config_hash": ..., "tracking": {"uri",
+  "experiment", "parent_run_id"}, "save_weights": bool, "trial_key": ...}}`` (see
+  `config_from_tune`); a payload whose hash or key disagrees with its config is refused;
+- threads: torch uses as many threads as CPUs Ray gave the trial;
+- restore: `ray.tune.get_checkpoint()` is downloaded into the trial's working folder and the run
+  continues from it (the MLflow journal inside it too); a checkpoint of a finished run reports its
+  final metrics again and trains nothing;
+- reporting: after each epoch, `ray.tune.report(metrics + {"epoch", "done": False, "threads"},
+  checkpoint=<the epoch's checkpoint folder>)`, and at the end the final metrics with
+  ``done=True`` (Ray 2.60 spellings; the `ray.train.*` ones raise inside Tune);
+- MLflow: a TrialTracker when the config has a tracking section, reopened by the run id kept in
+  the checkpoint (never two runs per trial), finished FINISHED, FAILED (an exception, a
+  non-finite loss included: the trial errors with that reason) or KILLED (interrupted);
+- memory: the working folder is deleted and caches are emptied when the trial ends.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.tune
+import torch
+
+from trainables.config import ConfigError, TrackingConfig, TrialConfig
+from trainables.loop import Callback, run_tracked
+
+
+def config_from_tune(config: dict[str, Any]) -> TrialConfig:
+    """The TrialConfig of a Tune trial, from a flat config or the sweep's payload.
+
+    Keys beside "trial" in a payload config are TrialConfig fields that override the payload's
+    (values a search algorithm such as Optuna sampled); the payload's config_hash, computed before
+    sampling, is then not checked."""
+    payload = config.get("trial") if isinstance(config.get("trial"), dict) else None
+    if payload is None:
+        return TrialConfig.from_dict(config, source="tune config")
+    if not isinstance(payload.get("trial"), dict):
+        raise ConfigError("tune config: the payload has no 'trial' (TrialConfig fields)")
+    sampled = {k: v for k, v in config.items() if k != "trial"}
+    fields = {**payload["trial"], **sampled}
+    if sampled:
+        payload = {k: v for k, v in payload.items() if k != "config_hash"}
+    tracking = payload.get("tracking")
+    if tracking:
+        # A sampled trial is one of many at the same grid point: its own MLflow run, by its key.
+        tags = {"trial_key": sampled_trial_key(payload["trial_key"], sampled)} if sampled else {}
+        fields["tracking"] = TrackingConfig(
+            tracking_uri=tracking.get("uri") or tracking.get("tracking_uri"),
+            experiment=tracking.get("experiment", "train-one"),
+            parent_run_id=tracking.get("parent_run_id"),
+            log_weights=bool(payload.get("save_weights", False)),
+            tags=tags,
+        ).model_dump()
+    trial = TrialConfig.from_dict(fields, source="tune config")
+    for key, expected in (("config_hash", trial.config_hash), ("trial_key", trial.trial_key)):
+        if payload.get(key) not in (None, expected):
+            raise ConfigError(
+                f"tune config: payload {key} {payload[key]!r} does not match the config's "
+                f"{expected!r} (the sweep and the workers run different code?)"
+            )
+    return trial
+
+
+def sampled_trial_key(grid_key: str, sampled: dict[str, Any]) -> str:
+    """`<grid trial key>-<8 hex>`: one search sample, named by the values it sampled."""
+    canonical = json.dumps(sampled, sort_keys=True, default=str)
+    return f"{grid_key}-{hashlib.sha256(canonical.encode()).hexdigest()[:8]}"
+
+
+class TuneReporter(Callback):
+    """Reports each epoch to Ray Tune with the checkpoint folder; the end only once asked.
+
+    The final report (done=True) must come after the MLflow run is finished: Tune may end the
+    trial, and the driver its whole Ray, as soon as it sees it, and a run left RUNNING in MLflow
+    is what this avoids. So `on_train_end` keeps the final metrics and `report_final` sends them.
+    """
+
+    def __init__(self) -> None:
+        self.final: tuple[dict[str, float], Path] | None = None
+
+    def on_epoch_end(self, metrics: dict[str, float], checkpoint_dir: Path) -> None:
+        self._report({**metrics, "done": False}, checkpoint_dir)
+
+    def on_train_end(self, metrics: dict[str, float], checkpoint_dir: Path) -> None:
+        self.final = ({**metrics, "epoch": metrics["epochs_run"], "done": True}, checkpoint_dir)
+
+    def report_final(self) -> None:
+        if self.final is None:
+            return
+        try:
+            self._report(*self.final)
+        except SystemExit as stop:
+            # Tune answers done=True by ending the training thread with SystemExit(0) inside
+            # report(): the run is complete, not killed.
+            if stop.code not in (0, None):
+                raise
+
+    @staticmethod
+    def _report(metrics: dict[str, float], checkpoint_dir: Path) -> None:
+        checkpoint = ray.tune.Checkpoint.from_directory(str(checkpoint_dir))
+        ray.tune.report({**metrics, "threads": torch.get_num_threads()}, checkpoint=checkpoint)
+
+
+def trial_cpus() -> int | None:
+    """CPUs Ray assigned to this trial (None outside Ray or without a CPU request)."""
+    try:
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+    except Exception:  # not inside a Ray worker
+        return None
+    return max(1, int(cpus)) if cpus else None
+
+
+def train_trial(config: dict[str, Any]) -> None:
+    """Ray Tune function trainable: one QAT run, restored from Tune's checkpoint when present."""
+    trial = config_from_tune(config)
+    cpus = trial_cpus()
+    if cpus is not None:
+        torch.set_num_threads(cpus)
+    work = Path(tempfile.mkdtemp(prefix=f"{trial.trial_key}-"))
+    try:
+        checkpoint_dir = work / "checkpoint"
+        restored = ray.tune.get_checkpoint()
+        if restored is not None:
+            restored.to_directory(str(checkpoint_dir))
+        reporter = TuneReporter()
+        run_tracked(trial, checkpoint_dir, callbacks=[reporter])  # the MLflow run ends here
+        reporter.report_final()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
