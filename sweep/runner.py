@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,13 @@ from sweep.storage import SweepStore, filesystem_for
 TRAINABLE_ENV = {"NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
 COMPLETE_MARKER = ".complete"
 KEYS_FILE = ".trial_keys.json"
+DRIVER_FILE = "driver.json"  # who is running the sweep: `sweep status` tells running from killed
+
+
+def _driver_record() -> dict:
+    import socket
+
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
 
 
 @dataclass
@@ -349,6 +357,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None) -> SweepOutcome:
 
     if pending:
         _init_ray(address)
+        store.write_text(json.dumps(_driver_record()), DRIVER_FILE)
         covered = set()
         interrupted = _interrupted_experiment(store)
         if interrupted:
@@ -364,6 +373,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None) -> SweepOutcome:
         for trial in rest if spec.search is not None else []:
             _fit_search(spec, store, trial, tracking)
 
+        store.write_text(json.dumps({}), DRIVER_FILE)  # this driver is done
     ledger = Ledger.load(store)
     for t in plan.trials:
         entry = ledger.entries.get(t.key)

@@ -4,9 +4,10 @@ Sources: the ledger (trials that ended) and Ray Tune's per-trial `result.json` (
 epoch reported) in the sweep's experiments. No Ray cluster is needed, so status works while the
 sweep runs, after it was interrupted, and from another machine that sees the storage.
 
-States: FINISHED and FAILED (from the ledger), RUNNING (epochs reported recently by an experiment
-not yet complete), INTERRUPTED (epochs reported, then nothing for `stale_after` seconds: resume
-it with `sweep resume NAME`), PENDING (nothing reported yet).
+States: FINISHED and FAILED (from the ledger), RUNNING (epochs reported, and the driver is alive:
+checked by PID on the driver's host, elsewhere by epochs reported within `stale_after` seconds),
+INTERRUPTED (epochs reported, driver gone: resume it with `sweep resume NAME`), PENDING (nothing
+reported yet).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 
 from sweep.ledger import Ledger
 from sweep.plan import expand
-from sweep.runner import COMPLETE_MARKER
+from sweep.runner import COMPLETE_MARKER, DRIVER_FILE
 from sweep.spec import parse_spec
 from sweep.storage import SweepStore
 
@@ -42,6 +43,28 @@ def _last_result(store: SweepStore, experiment: str, key: str) -> tuple[dict | N
         lines = [line for line in f.read().decode().splitlines() if line.strip()]
     mtime = info.mtime.timestamp() if info.mtime else 0.0
     return (json.loads(lines[-1]) if lines else None), mtime
+
+
+def driver_alive(store: SweepStore) -> bool | None:
+    """Is the sweep's driver process alive? None when that cannot be told from here (another
+    host: then epochs reported within `stale_after` seconds count as running)."""
+    import os
+    import socket
+
+    if not store.exists(DRIVER_FILE):
+        return False
+    record = json.loads(store.read_text(DRIVER_FILE))
+    if not record:
+        return False
+    if record.get("host") != socket.gethostname():
+        return None
+    try:
+        os.kill(int(record["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, but another user's
+        return True
+    return True
 
 
 def sweep_status(store: SweepStore, *, stale_after: float = 300.0) -> list[TrialStatus]:
@@ -70,7 +93,9 @@ def sweep_status(store: SweepStore, *, stale_after: float = 300.0) -> list[Trial
                 continue
             complete = store.exists("tune", experiment, COMPLETE_MARKER)
             fresh = time.time() - mtime < stale_after
-            row.state = "RUNNING" if fresh and not complete else "INTERRUPTED"
+            alive = driver_alive(store)
+            running = alive if alive is not None else fresh
+            row.state = "RUNNING" if running and not complete else "INTERRUPTED"
             row.epoch = result.get("epoch")
             row.metrics = {
                 k: v for k, v in result.items() if k in ("train_loss", "val_loss", "val_auprc")

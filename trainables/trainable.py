@@ -12,8 +12,8 @@ What it adds to the loop, and nothing else:
   continues from it (the MLflow journal inside it too); a checkpoint of a finished run reports its
   final metrics again and trains nothing;
 - reporting: after each epoch, `ray.tune.report(metrics + {"epoch", "done": False, "threads"},
-  checkpoint=<the epoch's checkpoint folder>)`, and at the end the final metrics with
-  ``done=True`` (Ray 2.60 spellings; the `ray.train.*` ones raise inside Tune);
+  checkpoint=<the epoch's checkpoint folder>)`, and, once the MLflow run is finished, the final
+  metrics with ``done=True`` (Ray 2.60 spellings; the `ray.train.*` ones raise inside Tune);
 - MLflow: a TrialTracker when the config has a tracking section, reopened by the run id kept in
   the checkpoint (never two runs per trial), finished FINISHED, FAILED (an exception, a
   non-finite loss included: the trial errors with that reason) or KILLED (interrupted);
