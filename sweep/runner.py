@@ -146,7 +146,10 @@ def _init_ray(address: str | None) -> None:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if ray.is_initialized():
         return
-    runtime_env = {"env_vars": dict(TRAINABLE_ENV)}
+    # Inside a Jobs-API job these variables are already in the job's runtime env, which Ray
+    # refuses to merge with the same keys again: only ask for what this process lacks.
+    missing = {k: v for k, v in TRAINABLE_ENV.items() if os.environ.get(k) != v}
+    runtime_env = {"env_vars": missing} if missing else None
     if address:  # a cluster: its auth settings (RAY_AUTH_MODE, the token) come from the env
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
     else:

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -263,6 +265,9 @@ def test_submit_through_the_jobs_api_runs_the_sweep(tmp_path):
     port, dash = _free_port(), _free_port()
     env = _env(tmp_path)
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    # Ray's unix sockets live under --temp-dir, whose path must stay short (the socket path limit
+    # is 107 bytes), so not under pytest's long tmp_path.
+    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
     # --block keeps `ray start` in the foreground: the head and everything it starts share its
     # process group, which the test stops by PID (never `ray stop`, which stops every Ray here).
     head = subprocess.Popen(
@@ -278,7 +283,7 @@ def test_submit_through_the_jobs_api_runs_the_sweep(tmp_path):
             "--num-cpus=2",
             "--include-dashboard=true",
             "--disable-usage-stats",
-            f"--temp-dir={tmp_path / 'ray'}",
+            f"--temp-dir={ray_tmp}",
         ],
         env=env,
         start_new_session=True,
@@ -305,7 +310,14 @@ def test_submit_through_the_jobs_api_runs_the_sweep(tmp_path):
             text=True,
             timeout=360,
         )
-        assert out.returncode == 0, out.stdout + out.stderr
+        logs = subprocess.run(
+            [*SWEEP, "logs", "submitted", "--address", address],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stdout + out.stderr + logs.stdout
         status = subprocess.run(
             [*SWEEP, "status", "submitted", "--address", address],
             env=env,
@@ -314,13 +326,6 @@ def test_submit_through_the_jobs_api_runs_the_sweep(tmp_path):
             timeout=60,
         )
         assert "SUCCEEDED" in status.stdout
-        logs = subprocess.run(
-            [*SWEEP, "logs", "submitted", "--address", address],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
         assert "1/1 trials finished" in logs.stdout
         assert _ledger(tmp_path, "submitted")["cnn-tiny-baseline-s1-holdout"]["state"] == "FINISHED"
     finally:
@@ -330,6 +335,7 @@ def test_submit_through_the_jobs_api_runs_the_sweep(tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def _answers(url: str) -> bool:
@@ -340,3 +346,29 @@ def _answers(url: str) -> bool:
             return response.status == 200
     except OSError:
         return False
+
+
+def test_optuna_search_runs_its_budget_as_separate_tracked_trials(tmp_path):
+    spec = _spec(
+        tmp_path,
+        "tuned",
+        grid={"recipe": ["baseline"]},
+        protocol={"epochs": 2},
+        search={
+            "metric": "val_auprc",
+            "mode": "max",
+            "num_samples": 2,
+            "seed": 0,
+            "space": {"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}},
+        },
+    )
+    _sweep(tmp_path, "run", str(_write(tmp_path, spec)))
+    entry = _ledger(tmp_path, "tuned")["cnn-tiny-baseline-s1-holdout"]
+    assert entry["state"] == "FINISHED" and 1e-4 <= entry["metrics"]["best_lr"] <= 1e-2
+
+    client, runs = _runs(tmp_path, "tuned")
+    keys = [r.data.tags["trial_key"] for r in runs]
+    assert len(runs) == 2 and len(set(keys)) == 2  # one MLflow run per sample, never shared
+    assert all(k.startswith("cnn-tiny-baseline-s1-holdout-") for k in keys)
+    assert len({r.data.params["lr"] for r in runs}) == 2
+    assert all(r.info.status == "FINISHED" for r in runs)
