@@ -249,7 +249,10 @@ class TrainingRun:
         self.tracker, self.callbacks = tracker, list(callbacks)
         self.amp_dtype = autocast_dtype(config, self.device)
         if self.device.type == "cpu":
-            torch.use_deterministic_algorithms(True, warn_only=True)
+            # The eager flag of torch.use_deterministic_algorithms(True, warn_only=True). The
+            # public setter also imports torch._inductor to set the compiler's flag: 2 s per
+            # trial process on 2 cores, for a compiler this loop never uses.
+            torch._C._set_deterministic_algorithms(True, warn_only=True)
         if datasets is None:
             root = Path(data_root) if data_root is not None else resolve_data_root(config)
             datasets = build_datasets_for(config, root)

@@ -116,6 +116,18 @@ def test_same_initial_weights_for_every_recipe(cache_dir, tmp_path):
     assert not all(torch.equal(base[k], other_seed[k]) for k in base)
 
 
+def test_a_cpu_run_turns_deterministic_algorithms_on(cache_dir, tmp_path):
+    before = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(False)
+    try:
+        TrainingRun(tiny_config(cache_dir), checkpoint_dir=tmp_path)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=warn_only)
+
+
 class FakeTracker:
     def __init__(self):
         self.epochs, self.final, self.artifacts = [], None, []
