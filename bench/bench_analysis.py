@@ -28,19 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
+from quant.recipes import PAPER_RECIPES
+
 SWEEP = "bench-analysis"
 ARCHS = ("cnn", "vit_adamw", "vit_adamax", "swin")
 SCALES = ("500k", "4m", "15m")
-RECIPES = (
-    "baseline",
-    "nvfp4",
-    "fwd_only",
-    "chain_rule",
-    "2d_rht",
-    "2d_rht_sr",
-    "sr_only",
-    "fwd_rht",
-)
+RECIPES = PAPER_RECIPES
 SEEDS = range(2026, 2036)
 TARGET_S = 20.0
 

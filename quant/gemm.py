@@ -497,6 +497,18 @@ class _ConvGemms(LayerGemms):
         self.kernel = tuple(kernel)
         self.geometry = geometry
 
+    def prepare_source(self, gemm: str, role: str, t: Tensor) -> Tensor:
+        # Rows/cols of the operand no kernel tap reads are zeroed, so its amax ignores them.
+        if (gemm, role) == self.zeroed_source:
+            return zero_unread(t, self.kernel, self.geometry)
+        return t
+
+    def fprop(self, x: GemmOperand, w: GemmOperand, out_dtype: torch.dtype) -> Tensor:
+        return run_gemm(self._forward_op, x, w, out_dtype)
+
+    def dgrad(self, dy: GemmOperand, w: GemmOperand, x_shape, out_dtype: torch.dtype) -> Tensor:
+        return run_gemm(lambda g, b: self._input_grad_op(g, b, x_shape), dy, w, out_dtype)
+
     def wgrad(
         self,
         dy: Tensor,
@@ -555,6 +567,7 @@ class Conv2dGemms(_ConvGemms):
 
     kind = CONV2D
     tapped_role = "input"
+    zeroed_source = ("fprop", "input")
     layouts = {
         ("fprop", "input"): Layout((0, 2, 3, 1)),
         ("fprop", "weight"): Layout((2, 3, 0, 1)),
@@ -563,30 +576,13 @@ class Conv2dGemms(_ConvGemms):
         ("wgrad", "grad_output"): Layout((1, 0, 2, 3), contract=3),
     }
 
-    def prepare_source(self, gemm: str, role: str, t: Tensor) -> Tensor:
-        if (gemm, role) == ("fprop", "input"):
-            return zero_unread(t, self.kernel, self.geometry)
-        return t
-
-    def fprop(self, x: GemmOperand, w: GemmOperand, out_dtype: torch.dtype) -> Tensor:
+    def _forward_op(self, a: Tensor, b: Tensor) -> Tensor:
         geo = self.geometry
-        return run_gemm(
-            lambda a, b: F.conv2d(a, b, None, geo.stride, geo.padding, geo.dilation),
-            x,
-            w,
-            out_dtype,
-        )
+        return F.conv2d(a, b, None, geo.stride, geo.padding, geo.dilation)
 
-    def dgrad(self, dy: GemmOperand, w: GemmOperand, x_shape, out_dtype: torch.dtype) -> Tensor:
+    def _input_grad_op(self, g: Tensor, b: Tensor, x_shape) -> Tensor:
         geo = self.geometry
-        return run_gemm(
-            lambda g, b: torch.nn.grad.conv2d_input(
-                x_shape, b, g, geo.stride, geo.padding, geo.dilation
-            ),
-            dy,
-            w,
-            out_dtype,
-        )
+        return torch.nn.grad.conv2d_input(x_shape, b, g, geo.stride, geo.padding, geo.dilation)
 
 
 class ConvTranspose2dGemms(_ConvGemms):
@@ -598,6 +594,8 @@ class ConvTranspose2dGemms(_ConvGemms):
 
     kind = CONV_TRANSPOSE2D
     tapped_role = "grad_output"
+    # output_padding rows/cols of Y get no contribution: no tap reads them.
+    zeroed_source = ("dgrad", "grad_output")
     layouts = {
         ("fprop", "input"): Layout((0, 2, 3, 1)),
         ("fprop", "weight"): Layout((2, 3, 1, 0)),
@@ -606,28 +604,12 @@ class ConvTranspose2dGemms(_ConvGemms):
         ("wgrad", "input"): Layout((1, 0, 2, 3), contract=3),
     }
 
-    def prepare_source(self, gemm: str, role: str, t: Tensor) -> Tensor:
-        if (gemm, role) == ("dgrad", "grad_output"):
-            # output_padding rows/cols of Y get no contribution: no tap reads them.
-            return zero_unread(t, self.kernel, self.geometry)
-        return t
-
-    def fprop(self, x: GemmOperand, w: GemmOperand, out_dtype: torch.dtype) -> Tensor:
+    def _forward_op(self, a: Tensor, b: Tensor) -> Tensor:
         geo = self.geometry
-        return run_gemm(
-            lambda a, b: F.conv_transpose2d(
-                a, b, None, geo.stride, geo.padding, geo.output_padding, 1, geo.dilation
-            ),
-            x,
-            w,
-            out_dtype,
+        return F.conv_transpose2d(
+            a, b, None, geo.stride, geo.padding, geo.output_padding, 1, geo.dilation
         )
 
-    def dgrad(self, dy: GemmOperand, w: GemmOperand, x_shape, out_dtype: torch.dtype) -> Tensor:
+    def _input_grad_op(self, g: Tensor, b: Tensor, x_shape) -> Tensor:
         geo = self.geometry
-        return run_gemm(
-            lambda g, b: F.conv2d(g, b, None, geo.stride, geo.padding, geo.dilation),
-            dy,
-            w,
-            out_dtype,
-        )
+        return F.conv2d(g, b, None, geo.stride, geo.padding, geo.dilation)

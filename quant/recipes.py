@@ -325,3 +325,6 @@ for _recipe in (
 ):
     register_recipe(_recipe)
 del _recipe
+
+# The study's eight recipes in paper-id order (the registry may grow; this tuple does not).
+PAPER_RECIPES: tuple[str, ...] = tuple(list_recipes())

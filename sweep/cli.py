@@ -44,6 +44,27 @@ def command(name: str, help: str, target: str):
 
 # Commands: one decorated function each, adding that command's arguments.
 # (Each issue adds its commands here; the behaviour lives in the module named by `target`.)
+# Arguments several commands share are declared once, by the helpers below.
+
+_TRACKING_HELP = "MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///./mlflow.db)"
+
+
+def _sweep_name(p: argparse.ArgumentParser, help: str = "the sweep's name") -> None:
+    """NAME plus --storage: how commands find a sweep that already exists."""
+    p.add_argument("name", help=help)
+    p.add_argument("--storage", help="storage root (default: $SWEEP_STORAGE or ./sweeps)")
+
+
+def _ray_address(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", help="a running Ray cluster (default: an embedded local Ray)")
+
+
+def _dashboard(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", required=True, help="Ray dashboard URL, e.g. http://HEAD:8265")
+
+
+def _json_flag(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument("--json", action="store_true", help=help)
 
 
 @command(
@@ -51,7 +72,7 @@ def command(name: str, help: str, target: str):
 )
 def _plan(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="sweep spec (YAML)")
-    p.add_argument("--json", action="store_true", help="trials, counts per axis and cost as JSON")
+    _json_flag(p, "trials, counts per axis and cost as JSON")
     p.add_argument("--all", action="store_true", help="list every trial, not the first 20")
 
 
@@ -62,14 +83,13 @@ def _plan(p: argparse.ArgumentParser) -> None:
 )
 def _run(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="sweep spec (YAML)")
-    p.add_argument("--address", help="a running Ray cluster (default: an embedded local Ray)")
+    _ray_address(p)
 
 
 @command("resume", "Continue an interrupted sweep from its storage.", "sweep.run_cli:resume")
 def _resume(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", help="the sweep's name")
-    p.add_argument("--storage", help="storage root (default: $SWEEP_STORAGE or ./sweeps)")
-    p.add_argument("--address", help="a running Ray cluster (default: an embedded local Ray)")
+    _sweep_name(p)
+    _ray_address(p)
 
 
 @command(
@@ -78,16 +98,15 @@ def _resume(p: argparse.ArgumentParser) -> None:
     "sweep.run_cli:status",
 )
 def _status(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", help="the sweep's name")
-    p.add_argument("--storage", help="storage root (default: $SWEEP_STORAGE or ./sweeps)")
+    _sweep_name(p)
     p.add_argument("--address", help="Ray dashboard URL: show the state of the sweep's latest job")
-    p.add_argument("--json", action="store_true")
+    _json_flag(p, "counts and per-trial rows as JSON")
 
 
 @command("submit", "Submit a sweep to a Ray cluster through the Jobs API.", "sweep.run_cli:submit")
 def _submit(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="sweep spec (YAML); it travels with the job")
-    p.add_argument("--address", required=True, help="Ray dashboard URL, e.g. http://HEAD:8265")
+    _dashboard(p)
     p.add_argument("--wait", action="store_true", help="wait for the job to end")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds to --wait at most")
 
@@ -95,25 +114,23 @@ def _submit(p: argparse.ArgumentParser) -> None:
 @command("logs", "Print the logs of a sweep's latest job.", "sweep.run_cli:logs")
 def _logs(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", help="the sweep's name (or a job submission id)")
-    p.add_argument("--address", required=True, help="Ray dashboard URL, e.g. http://HEAD:8265")
+    _dashboard(p)
 
 
 @command("stop", "Stop a sweep's latest job.", "sweep.run_cli:stop")
 def _stop(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", help="the sweep's name (or a job submission id)")
-    p.add_argument("--address", required=True, help="Ray dashboard URL, e.g. http://HEAD:8265")
+    _dashboard(p)
 
 
 @command("list recipes", "List the QAT recipes, GEMM by GEMM.", "sweep.recipes_cli:main")
 def _list_recipes(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true", help="one JSON object per recipe, in a list")
+    _json_flag(p, "one JSON object per recipe, in a list")
 
 
 @command("list models", "List the models with parameter counts per scale.", "sweep.models_cli:main")
 def _list_models(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--json", action="store_true", help="rows {arch, scale, params, quantized_params} as JSON"
-    )
+    _json_flag(p, "rows {arch, scale, params, quantized_params} as JSON")
 
 
 @command(
@@ -164,10 +181,7 @@ def _analyze(p: argparse.ArgumentParser) -> None:
         default="test_auprc",
         help="the AUPRC the statistics use (default: test_auprc)",
     )
-    p.add_argument(
-        "--tracking-uri",
-        help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///./mlflow.db)",
-    )
+    p.add_argument("--tracking-uri", help=_TRACKING_HELP)
     p.add_argument(
         "--from-snapshot",
         metavar="PATH",
@@ -182,11 +196,7 @@ def _analyze(p: argparse.ArgumentParser) -> None:
 )
 def _data_check(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", help="the dataset folder (one sub-folder per patient)")
-    p.add_argument(
-        "--json",
-        action="store_true",
-        help="print {patients, slices, positive_slices, ..., problems} as JSON",
-    )
+    _json_flag(p, "print {patients, slices, positive_slices, ..., problems} as JSON")
 
 
 @command(
@@ -211,10 +221,7 @@ def _data_synth(p: argparse.ArgumentParser) -> None:
 
 @command("ui", "Start the MLflow UI on the configured tracking store.", "sweep.ui_cli:main")
 def _ui(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--tracking-uri",
-        help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///./mlflow.db)",
-    )
+    p.add_argument("--tracking-uri", help=_TRACKING_HELP)
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=5000, help="port to listen on (default 5000)")
 

@@ -183,23 +183,7 @@ def _archs(analysis: Analysis) -> str:
     if a.empty:
         return "## Swin vs CNN\n\n_No scale has finished runs of both architectures._\n"
     pair = f"{a['arch_a'].iloc[0]} vs {a['arch_b'].iloc[0]}"
-    table = a[
-        [
-            "split",
-            "scale",
-            "recipe",
-            "n_a",
-            "n_b",
-            "mean_a",
-            "mean_b",
-            "median_a",
-            "median_b",
-            "test",
-            "statistic",
-            "p_value",
-            "note",
-        ]
-    ]
+    table = a.drop(columns=["recipe_id", "arch_a", "arch_b"])  # the pair is in the heading
     return "\n".join(
         [
             f"## {pair} per scale\n",

@@ -93,27 +93,18 @@ class GridSpec(_Strict):
             raise ValueError(f"duplicate values {duplicates}")
         return values
 
-    @field_validator("arch")
+    @field_validator("arch", "scale", "fold")
     @classmethod
-    def _known_arch(cls, values: list[str]) -> list[str]:
-        return _check_choices(values, ARCHS)
-
-    @field_validator("scale")
-    @classmethod
-    def _known_scale(cls, values: list[str]) -> list[str]:
-        return _check_choices(values, SCALES)
-
-    @field_validator("fold")
-    @classmethod
-    def _known_fold(cls, values: list[str]) -> list[str]:
-        return _check_choices(values, FOLDS)
+    def _known_values(cls, values: list[str], info) -> list[str]:
+        choices = {"arch": ARCHS, "scale": SCALES, "fold": FOLDS}[info.field_name]
+        return _check_choices(values, choices)
 
     @field_validator("recipe")
     @classmethod
     def _known_recipe(cls, values: list[str]) -> list[str]:
         from quant import list_recipes
 
-        return _check_choices(values, tuple(getattr(r, "name", r) for r in list_recipes()))
+        return _check_choices(values, tuple(list_recipes()))
 
 
 class ResourceSpec(_Strict):

@@ -15,16 +15,6 @@ import torch.nn.functional as F
 from quant import functional as qf
 from quant.recipes import list_recipes
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: on a shared 2-core machine extra OpenMP threads only spin and wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 DETERMINISTIC = [r for r in list_recipes() if r not in ("2d_rht_sr", "sr_only")]
 
 # (B, Cin, Cout, H, W, kernel, stride, padding, dilation, output_padding)

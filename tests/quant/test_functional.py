@@ -14,16 +14,6 @@ from quant import functional as qf
 from quant import nvfp4
 from quant.recipes import list_recipes
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: on a shared 2-core machine extra OpenMP threads only spin and wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 ALPHA = 2688.0 * 2688.0
 
 

@@ -13,15 +13,6 @@ from quant.modules import QConv2d, QConvTranspose2d, QLinear, quantized_layers
 from quant.recipes import list_recipes
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: on a shared 2-core machine extra OpenMP threads only spin and wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class ConvNet(nn.Module):
     """A 3-channel stem kept in full precision (declared), then quantizable conv layers."""
 
