@@ -57,18 +57,30 @@ class Ledger:
 
     def check_conflicts(self, planned: dict[str, tuple[str, dict]]) -> None:
         """Raise ConfigConflict if a finished trial key is planned again with another hash."""
-        lines = []
+        lines, code = [], set()
         for key, (config_hash, config) in sorted(planned.items()):
             entry = self.entries.get(key)
             if entry is None or entry.state != FINISHED or entry.config_hash == config_hash:
                 continue
-            changed = sorted(_changed_fields(entry.config, config))
-            lines.append(f"  {key}: changed {', '.join(changed) or '(code version)'}")
+            changed = changed_settings(entry.config, config)
+            lines.append(f"  {key}: changed {', '.join(changed)}")
+            if "code_version" in changed:
+                code.add((entry.config.get("code_version"), config.get("code_version")))
         if lines:
+            hint = (
+                "Give the sweep a new name to run the changed study, or restore the old settings."
+            )
+            if code:
+                then, now = sorted(code)[0]
+                hint += (
+                    f"\ncode_version is the package version and git commit a trial ran from "
+                    f"({then} then, {now} now): results may differ across code versions, so a "
+                    f"sweep is finished with the code it started with. Check out that commit "
+                    f"to continue it."
+                )
             raise ConfigConflict(
                 f"sweep {self.store.name!r}: {len(lines)} finished trial(s) would now run with "
-                "different result-affecting settings:\n" + "\n".join(lines) + "\n"
-                "Give the sweep a new name to run the changed study, or restore the old settings."
+                "different result-affecting settings:\n" + "\n".join(lines) + "\n" + hint
             )
 
     def record(self, key: str, config_hash: str, config: dict, state: str, **extra) -> None:
@@ -78,6 +90,15 @@ class Ledger:
         entry.error = extra.get("error")
         entry.updated = time.time()
         self.entries[key] = entry
+
+
+def changed_settings(old: dict, new: dict) -> list[str]:
+    """The result-affecting fields (dotted for nested ones) that differ between two configs."""
+    from trainables.config import NOT_HASHED
+
+    return sorted(
+        name for name in _changed_fields(old, new) if name.split(".")[0] not in NOT_HASHED
+    )
 
 
 def _changed_fields(old: dict, new: dict, prefix: str = "") -> set[str]:

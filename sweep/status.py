@@ -4,10 +4,11 @@ Sources: the ledger (trials that ended) and Ray Tune's per-trial `result.json` (
 epoch reported) in the sweep's experiments. No Ray cluster is needed, so status works while the
 sweep runs, after it was interrupted, and from another machine that sees the storage.
 
-States: FINISHED and FAILED (from the ledger), RUNNING (epochs reported, and the driver is alive:
-checked by PID on the driver's host, elsewhere by epochs reported within `stale_after` seconds),
-INTERRUPTED (epochs reported, driver gone: resume it with `sweep resume NAME`), PENDING (nothing
-reported yet).
+States: FINISHED and FAILED (from the ledger; a trial that ended under settings that differ
+from the spec's now, e.g. another code version, is flagged with the fields that changed),
+RUNNING (epochs reported, and the driver is alive: checked by PID on the driver's host,
+elsewhere by epochs reported within `stale_after` seconds), INTERRUPTED (epochs reported,
+driver gone: resume it with `sweep resume NAME`), PENDING (nothing reported yet).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-from sweep.ledger import Ledger
+from sweep.ledger import Ledger, changed_settings
 from sweep.plan import expand
 from sweep.runner import COMPLETE_MARKER, DRIVER_FILE
 from sweep.spec import parse_spec
@@ -32,6 +33,7 @@ class TrialStatus:
     epochs: int | None = None
     metrics: dict | None = None
     eta_s: float | None = None
+    changed: list[str] | None = None  # settings changed since the trial ended
 
 
 def _last_result(store: SweepStore, experiment: str, key: str) -> tuple[dict | None, float]:
@@ -77,14 +79,13 @@ def sweep_status(store: SweepStore, *, stale_after: float = 300.0) -> list[Trial
     for trial in expand(spec).trials:
         key, epochs = trial.key, trial.config.epochs
         entry = ledger.entries.get(key)
-        if (
-            entry
-            and entry.config_hash == trial.config.config_hash
-            and entry.state in ("FINISHED", "FAILED")
-        ):
-            rows.append(
-                TrialStatus(key, entry.state, entry.metrics.get("epoch"), epochs, entry.metrics)
-            )
+        if entry and entry.state in ("FINISHED", "FAILED"):
+            changed = None
+            if entry.config_hash != trial.config.config_hash:
+                changed = changed_settings(entry.config, trial.config.to_dict())
+            epoch = entry.metrics.get("epoch")
+            metrics = entry.metrics
+            rows.append(TrialStatus(key, entry.state, epoch, epochs, metrics, changed=changed))
             continue
         row = TrialStatus(key, "PENDING", epochs=epochs)
         for experiment in reversed(experiments):
@@ -123,9 +124,16 @@ def format_status(name: str, rows: list[TrialStatus]) -> str:
     for r in rows:
         m = r.metrics or {}
         epoch = f"{r.epoch}/{r.epochs}" if r.epoch is not None else f"-/{r.epochs}"
+        state = f"{r.state}*" if r.changed else r.state
         lines.append(
-            f"{r.key:44} {r.state:12} {epoch:>7} {_fmt(m.get('val_loss')):>9} "
+            f"{r.key:44} {state:12} {epoch:>7} {_fmt(m.get('val_loss')):>9} "
             f"{_fmt(m.get('val_auprc')):>9} {_eta(r.eta_s):>7}"
+        )
+    changed = sorted({name for r in rows for name in r.changed or ()})
+    if changed:
+        lines.append(
+            f"* ended under other settings than the spec's now (changed: {', '.join(changed)}); "
+            "`sweep run` refuses to mix them with new results"
         )
     return "\n".join(lines)
 
