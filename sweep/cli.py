@@ -49,9 +49,9 @@ def command(name: str, help: str, target: str):
 _TRACKING_HELP = "MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///./mlflow.db)"
 
 
-def _sweep_name(p: argparse.ArgumentParser, help: str = "the sweep's name") -> None:
+def _sweep_name(p: argparse.ArgumentParser) -> None:
     """NAME plus --storage: how commands find a sweep that already exists."""
-    p.add_argument("name", help=help)
+    p.add_argument("name", help="the sweep's name")
     p.add_argument("--storage", help="storage root (default: $SWEEP_STORAGE or ./sweeps)")
 
 
