@@ -136,22 +136,7 @@ def _summary(analysis: Analysis) -> str:
 
 def _pairwise(analysis: Analysis) -> str:
     p = analysis.pairwise
-    table = p[
-        [
-            "split",
-            "arch",
-            "scale",
-            "recipe_a",
-            "recipe_b",
-            "n_pairs",
-            "diff_mean",
-            "wilcoxon_stat",
-            "p_value",
-            "p_holm",
-            "cohens_d",
-            "note",
-        ]
-    ]
+    table = p.drop(columns=["recipe_a_id", "recipe_b_id"])
     significant = int((p["p_holm"] < 0.05).sum())
     return "\n".join(
         [
