@@ -12,11 +12,12 @@ storage_path, so a sweep on MinIO (s3:// plus an endpoint) works like one on loc
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.fs as pafs
+
+from trainables.files import atomic_write
 
 
 def filesystem_for(uri: str, endpoint: str | None = None) -> tuple[pafs.FileSystem, str]:
@@ -69,18 +70,7 @@ class SweepStore:
         target = self.path(*parts)
         self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
         if self.is_local:
-            directory = os.path.dirname(target)
-            fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-            try:
-                with os.fdopen(fd, "w") as f:
-                    f.write(text)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, target)
-            except BaseException:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-                raise
+            atomic_write(Path(target), text.encode())
         else:  # an object store's PUT is atomic already
             with self.fs.open_output_stream(target) as f:
                 f.write(text.encode())

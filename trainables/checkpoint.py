@@ -33,7 +33,6 @@ import io
 import json
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ import numpy as np
 import torch
 
 from trainables.config import TrialConfig
+from trainables.files import atomic_write
 
 FORMAT = 1
 STATE_FILE = "state.pt"
@@ -50,33 +50,6 @@ TRACKING_FILE = "tracking.json"
 
 class CheckpointMismatch(ValueError):
     """The checkpoint belongs to another config (a different experiment)."""
-
-
-# --------------------------------------------------------------------------- atomic files
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that a crash leaves either the old or the new file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------- RNG state
