@@ -6,13 +6,19 @@ cluster's image. Every job of a sweep carries `{"sweep": NAME}` in its metadata,
 `sweep stop` and `sweep status --address` find the latest job of a sweep by name. Submitting the
 same spec again after the driver died simply runs the sweep again, which resumes it (the sweep's
 state lives in its storage, not in the job).
+
+A cluster with token auth (RAY_AUTH_MODE=token) gets its token with every request
+(`sweep.cluster.auth_headers`); a refused or unreachable cluster is a `ClusterError` that says
+which, and what to set.
 """
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from sweep.spec import SweepSpec, spec_to_yaml
@@ -20,10 +26,35 @@ from sweep.spec import SweepSpec, spec_to_yaml
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
+class ClusterError(RuntimeError):
+    """The cluster could not be reached, or refused the request."""
+
+
+@contextlib.contextmanager
+def talking_to(address: str) -> Iterator[None]:
+    """Turn the Ray client's errors into one ClusterError naming the address and the fix."""
+    from ray.exceptions import AuthenticationError
+
+    try:
+        yield
+    except AuthenticationError as err:
+        reason = str(err).strip().splitlines()[0]
+        raise ClusterError(
+            f"{address} refused the request ({reason}). The cluster runs with token auth: set "
+            "RAY_AUTH_TOKEN to its token (or RAY_AUTH_TOKEN_PATH to a file holding it)."
+        ) from None
+    except OSError as err:  # ConnectionError, and requests' errors too, are OSErrors
+        raise ClusterError(f"cannot reach the Ray dashboard at {address}: {err}") from None
+
+
 def _client(address: str):
     from ray.job_submission import JobSubmissionClient
 
-    return JobSubmissionClient(address)
+    from sweep.cluster import auth_headers
+
+    # The token goes in explicitly: Ray's client adds it only when this process itself runs with
+    # RAY_AUTH_MODE=token, and a client of a remote cluster need not.
+    return JobSubmissionClient(address, headers=auth_headers() or None)
 
 
 def submit(spec: SweepSpec, address: str, *, env: dict[str, str] | None = None) -> str:

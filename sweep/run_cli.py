@@ -88,11 +88,7 @@ def status(args) -> int:
     if args.address:
         from sweep.jobs import job_status
 
-        try:
-            print(job_status(args.address, args.name))
-        except LookupError as err:
-            return _fail(str(err))
-        return 0
+        return _job_command(args, lambda: print(job_status(args.address, args.name)))
     from sweep.status import format_status, sweep_status
     from sweep.storage import SweepStore
 
@@ -109,38 +105,51 @@ def status(args) -> int:
 
 
 def submit(args) -> int:
+    from sweep.cluster import alive_nodes, check_cluster_spec
+    from sweep.jobs import ClusterError, talking_to, wait
     from sweep.jobs import submit as submit_job
-    from sweep.jobs import wait
 
     try:
         spec = load_spec(args.spec)
-    except SpecError as err:
+        with talking_to(args.address):
+            # Refuse here what the driver would refuse there: storage or tracking in files of one
+            # machine on a cluster of several (what the spec leaves unset, the cluster decides).
+            check_cluster_spec(spec, alive_nodes(args.address), resolve=False)
+            job_id = submit_job(spec, args.address)
+    except (SpecError, ClusterError) as err:
         return _fail(str(err))
-    job_id = submit_job(spec, args.address)
     print(f"submitted {job_id} to {args.address}")
     print(f"follow it with: sweep logs {spec.name} --address {args.address}")
     if args.wait:
-        final = wait(args.address, job_id, timeout=args.timeout)
+        try:
+            with talking_to(args.address):
+                final = wait(args.address, job_id, timeout=args.timeout)
+        except ClusterError as err:
+            return _fail(str(err))
         print(f"job {job_id}: {final}")
         return 0 if final == "SUCCEEDED" else 1
+    return 0
+
+
+def _job_command(args, action) -> int:
+    """Run `action()` against the cluster at args.address; its errors exit 2 with the reason."""
+    from sweep.jobs import ClusterError, talking_to
+
+    try:
+        with talking_to(args.address):
+            action()
+    except (LookupError, ClusterError, SpecError) as err:
+        return _fail(str(err).strip("'\""))
     return 0
 
 
 def logs(args) -> int:
     from sweep.jobs import job_logs
 
-    try:
-        print(job_logs(args.address, args.name), end="")
-    except LookupError as err:
-        return _fail(str(err))
-    return 0
+    return _job_command(args, lambda: print(job_logs(args.address, args.name), end=""))
 
 
 def stop(args) -> int:
     from sweep.jobs import stop_job
 
-    try:
-        print(f"stopping {stop_job(args.address, args.name)}")
-    except LookupError as err:
-        return _fail(str(err))
-    return 0
+    return _job_command(args, lambda: print(f"stopping {stop_job(args.address, args.name)}"))

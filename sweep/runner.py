@@ -336,6 +336,11 @@ def _fit_restored(spec, store, experiment: str, plan_trials: dict[str, PlannedTr
 def run_sweep(spec: SweepSpec, *, address: str | None = None) -> SweepOutcome:
     plan = expand(spec)
     check_data(spec)
+    if address:  # a cluster: refuse storage or tracking its nodes do not share, before any write
+        from sweep.cluster import check_cluster_spec, ray_nodes_alive
+
+        _init_ray(address)
+        check_cluster_spec(spec, ray_nodes_alive())
     store = open_store(spec)
     ledger = Ledger.load(store)
     ledger.check_conflicts({t.key: (t.config.config_hash, t.config.to_dict()) for t in plan.trials})

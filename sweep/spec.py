@@ -24,12 +24,16 @@ and every error names the field (as a dotted path) and, for choices, the valid v
     storage: ./sweeps                # a folder, a shared filesystem, or s3://bucket/prefix
                                      # (default: $SWEEP_STORAGE, else ./sweeps)
     storage_endpoint: null           # e.g. http://minio:9000 for s3:// on MinIO
+                                     # (default: $AWS_ENDPOINT_URL; keys from the environment)
+    storage_shared: false            # the storage folder is on a filesystem every node mounts
     failure: {max_retries: 2}
     search: null                     # or an Optuna search, see `SearchSpec`
     save_weights: false              # log each trial's best weights to MLflow
     analyze: false                   # run `sweep analyze NAME` when the sweep ends
 
-The spec knows nothing about Ray; `sweep.plan` turns it into trial configs.
+The spec knows nothing about Ray; `sweep.plan` turns it into trial configs. It holds no
+credentials: a field that looks like one is refused (`sweep.cluster.credential_fields`), since the
+spec is saved to the sweep's storage and logged to MLflow; keys come from the environment.
 """
 
 from __future__ import annotations
@@ -172,6 +176,7 @@ class SweepSpec(_Strict):
     tracking_uri: str | None = None
     storage: str | None = None  # default: $SWEEP_STORAGE, else ./sweeps
     storage_endpoint: str | None = None
+    storage_shared: bool = False  # a local path every node of a cluster mounts (NFS, EFS...)
     failure: FailureSpec = FailureSpec()
     search: SearchSpec | None = None
     save_weights: bool = False
@@ -214,6 +219,12 @@ def parse_spec(raw: dict, source: str = "<spec>") -> SweepSpec:
     """Validate a spec dict; errors name `source` and every field as a dotted path."""
     if not isinstance(raw, dict):
         raise SpecError(f"{source}: a sweep spec is a YAML mapping, got {type(raw).__name__}")
+    from sweep.cluster import CREDENTIALS_HELP, credential_fields
+
+    secrets = credential_fields(raw)
+    if secrets:
+        fields = "\n".join(f"  {where}: looks like a credential" for where in secrets)
+        raise SpecError(f"{source}: invalid sweep spec\n{fields}\n  ({CREDENTIALS_HELP})")
     try:
         return SweepSpec.model_validate(raw)
     except ValidationError as err:
