@@ -63,23 +63,25 @@ def _report(outcome) -> int:
 
 def run(args) -> int:
     from sweep.ledger import ConfigConflict
+    from sweep.lock import LockHeld
     from sweep.runner import run_sweep
 
     try:
         spec = load_spec(args.spec)
         outcome = run_sweep(spec, address=args.address)
-    except (SpecError, ConfigConflict) as err:
+    except (SpecError, ConfigConflict, LockHeld) as err:
         return _fail(str(err))
     return _report(outcome)
 
 
 def resume(args) -> int:
     from sweep.ledger import ConfigConflict
+    from sweep.lock import LockHeld
     from sweep.runner import resume_sweep
 
     try:
         outcome = resume_sweep(args.name, _storage_root(args), address=args.address)
-    except (SpecError, ConfigConflict) as err:
+    except (SpecError, ConfigConflict, LockHeld) as err:
         return _fail(str(err))
     return _report(outcome)
 

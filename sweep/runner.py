@@ -12,7 +12,8 @@
    to the spec) run in a new experiment.
 
 The driver records every trial that ends in the ledger as it ends, so killing the driver at any
-point loses nothing that finished.
+point loses nothing that finished. One driver runs a sweep at a time: it holds the sweep's lock
+(`sweep.lock`) from before its first write to its exit.
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ import contextlib
 import json
 import os
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sweep.ledger import FINISHED, Ledger
+from sweep.lock import acquire
 from sweep.plan import Plan, PlannedTrial, expand
 from sweep.spec import SpecError, SweepSpec, resolve_storage, spec_to_yaml
 from sweep.storage import SweepStore, filesystem_for
@@ -33,13 +34,6 @@ from sweep.storage import SweepStore, filesystem_for
 TRAINABLE_ENV = {"NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
 COMPLETE_MARKER = ".complete"
 KEYS_FILE = ".trial_keys.json"
-DRIVER_FILE = "driver.json"  # who is running the sweep: `sweep status` tells running from killed
-
-
-def _driver_record() -> dict:
-    import socket
-
-    return {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
 
 
 @dataclass
@@ -342,6 +336,11 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None) -> SweepOutcome:
         _init_ray(address)
         check_cluster_spec(spec, ray_nodes_alive())
     store = open_store(spec)
+    with acquire(store):  # one driver per sweep: LockHeld names the one already running
+        return _run_locked(spec, plan, store, address)
+
+
+def _run_locked(spec: SweepSpec, plan: Plan, store: SweepStore, address: str | None):
     ledger = Ledger.load(store)
     ledger.check_conflicts({t.key: (t.config.config_hash, t.config.to_dict()) for t in plan.trials})
     store.write_text(spec_to_yaml(spec), "spec.yaml")
@@ -365,7 +364,6 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None) -> SweepOutcome:
 
     if pending:
         _init_ray(address)
-        store.write_text(json.dumps(_driver_record()), DRIVER_FILE)
         covered = set()
         interrupted = _interrupted_experiment(store)
         if interrupted:
@@ -381,7 +379,6 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None) -> SweepOutcome:
         for trial in rest if spec.search is not None else []:
             _fit_search(spec, store, trial, tracking)
 
-        store.write_text(json.dumps({}), DRIVER_FILE)  # this driver is done
     ledger = Ledger.load(store)
     for t in plan.trials:
         entry = ledger.entries.get(t.key)
