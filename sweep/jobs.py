@@ -34,6 +34,7 @@ class ClusterError(RuntimeError):
 def talking_to(address: str) -> Iterator[None]:
     """Turn the Ray client's errors into one ClusterError naming the address and the fix."""
     from ray.exceptions import AuthenticationError
+    from ray.util.state.exception import ServerUnavailable
 
     try:
         yield
@@ -43,8 +44,9 @@ def talking_to(address: str) -> Iterator[None]:
             f"{address} refused the request ({reason}). The cluster runs with token auth: set "
             "RAY_AUTH_TOKEN to its token (or RAY_AUTH_TOKEN_PATH to a file holding it)."
         ) from None
-    except OSError as err:  # ConnectionError, and requests' errors too, are OSErrors
-        raise ClusterError(f"cannot reach the Ray dashboard at {address}: {err}") from None
+    except (OSError, ServerUnavailable) as err:  # ConnectionError and requests' are OSErrors
+        reason = str(err).split(". ")[0]
+        raise ClusterError(f"cannot reach the Ray dashboard at {address}: {reason}") from None
 
 
 def _client(address: str):

@@ -194,10 +194,12 @@ class LocalCluster:
     # ------------------------------------------------------------------ Ray
 
     def _node_env(self, cache: str) -> dict[str, str]:
-        # What every node of a token-auth cluster has: the mode, the token, the storage keys.
+        # What every node of a token-auth cluster has: the mode, the token, the storage keys, the
+        # tracking server (as docker/compose.yaml gives its nodes).
         return self.base_env() | {
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN": self.token,
+            "MLFLOW_TRACKING_URI": self.mlflow_url,
             "SWEEP_DATA_CACHE": str(self.root / cache),
         }
 
@@ -216,6 +218,7 @@ class LocalCluster:
         return [f"{flag}={free_port()}" for flag in flags] + [
             "--min-worker-port=0",
             "--max-worker-port=0",
+            "--object-store-memory=200000000",  # trials pass no objects; spare the shared host
         ]
 
     def start_head(self) -> None:
@@ -250,6 +253,14 @@ class LocalCluster:
         except Exception:  # the dashboard is not answering yet
             return 0
 
+    def jobs(self):
+        """A Jobs API client holding the cluster's token (this process runs without one)."""
+        from ray.job_submission import JobSubmissionClient
+
+        from sweep.cluster import auth_headers
+
+        return JobSubmissionClient(self.dashboard_url, headers=auth_headers(self.env))
+
     def kill_worker(self, name: str) -> None:
         """Lose a node: SIGKILL its raylet, its workers and its agents (its process group)."""
         proc = self.procs.pop(name)
@@ -276,10 +287,19 @@ class LocalCluster:
             raise
         return self
 
-    def stop(self) -> None:
-        # Workers first, then the head (its GCS), then the servers they talk to.
-        for name in reversed(list(self.procs)):
-            self.procs.pop(name).stop()
+    def stop(self, grace: float = 15.0) -> None:
+        """SIGTERM every process group at once, SIGKILL what is left after `grace` seconds."""
+        procs = list(self.procs.values())
+        self.procs.clear()
+        for proc in procs:
+            proc.kill(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while any(proc.group() for proc in procs) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        for proc in procs:
+            proc.kill(signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.popen.wait(timeout=10)
         shutil.rmtree(self.ray_tmp, ignore_errors=True)
 
 
