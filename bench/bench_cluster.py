@@ -126,7 +126,9 @@ def _bare_epochs(work: Path, epochs: int) -> list[float]:
     torch.set_num_threads(1)  # what a one-CPU trial gets
     clock = _EpochClock()
     try:
-        train(_config("tiny", epochs, work / "cache"), checkpoint_dir=work / "bare", callbacks=[clock])
+        train(
+            _config("tiny", epochs, work / "cache"), checkpoint_dir=work / "bare", callbacks=[clock]
+        )
     finally:
         torch.set_num_threads(threads)
     return [b - a for a, b in zip(clock.ends, clock.ends[1:], strict=False)]

@@ -52,7 +52,11 @@ _TRACKING_HELP = "MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///./mlf
 def _sweep_name(p: argparse.ArgumentParser) -> None:
     """NAME plus --storage: how commands find a sweep that already exists."""
     p.add_argument("name", help="the sweep's name")
-    p.add_argument("--storage", help="storage root (default: $SWEEP_STORAGE or ./sweeps)")
+    p.add_argument(
+        "--storage",
+        help="storage root, a folder or s3://bucket/prefix (endpoint and keys from AWS_* in the "
+        "environment; default: $SWEEP_STORAGE or ./sweeps)",
+    )
 
 
 def _ray_address(p: argparse.ArgumentParser) -> None:
@@ -60,7 +64,12 @@ def _ray_address(p: argparse.ArgumentParser) -> None:
 
 
 def _dashboard(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--address", required=True, help="Ray dashboard URL, e.g. http://HEAD:8265")
+    p.add_argument(
+        "--address",
+        required=True,
+        help="Ray dashboard URL, e.g. http://HEAD:8265 (a cluster with token auth: its token in "
+        "$RAY_AUTH_TOKEN or the file $RAY_AUTH_TOKEN_PATH)",
+    )
 
 
 def _json_flag(p: argparse.ArgumentParser, help: str) -> None:

@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,10 +128,11 @@ class LocalCluster:
     ray_tmp: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="rc", dir="/tmp")))
     token: str = field(default_factory=lambda: secrets.token_hex(16))
     procs: dict[str, Proc] = field(default_factory=dict)
-    s3_url: str = ""
-    mlflow_url: str = ""
-    dashboard_url: str = ""
-    gcs_address: str = ""
+    # Every address is chosen up front: each service's environment names the others.
+    s3_url: str = field(default_factory=lambda: f"http://127.0.0.1:{free_port()}")
+    mlflow_url: str = field(default_factory=lambda: f"http://127.0.0.1:{free_port()}")
+    dashboard_url: str = field(default_factory=lambda: f"http://127.0.0.1:{free_port()}")
+    gcs_address: str = field(default_factory=lambda: f"127.0.0.1:{free_port()}")
 
     @property
     def logs(self) -> Path:
@@ -164,32 +166,34 @@ class LocalCluster:
 
     # ------------------------------------------------------------------ S3 and MLflow
 
-    def start_s3(self) -> None:
-        port = free_port()
-        self.s3_url = f"http://127.0.0.1:{port}"
-        argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    def launch_s3(self) -> Callable[[], None]:
+        port = self.s3_url.rsplit(":", 1)[1]
+        argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", port]
         proc = self._start("s3", argv, self.base_env())
-        wait_for(lambda: http_ok(f"{self.s3_url}/moto-api/"), 60, "the S3 server", proc)
-        import boto3
 
-        s3 = boto3.client("s3", endpoint_url=self.s3_url, **_boto_keys())
-        for bucket in (MLFLOW_BUCKET, SWEEP_BUCKET):
-            s3.create_bucket(Bucket=bucket)
+        def ready() -> None:
+            wait_for(lambda: http_ok(f"{self.s3_url}/moto-api/"), 60, "the S3 server", proc)
+            import boto3
 
-    def start_mlflow(self) -> None:
-        port = free_port()
-        self.mlflow_url = f"http://127.0.0.1:{port}"
+            s3 = boto3.client("s3", endpoint_url=self.s3_url, **_boto_keys())
+            for bucket in (MLFLOW_BUCKET, SWEEP_BUCKET):
+                s3.create_bucket(Bucket=bucket)
+
+        return ready
+
+    def launch_mlflow(self) -> Callable[[], None]:
         store = self.root / "mlflow.db"
         argv = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri"]
-        argv += [f"sqlite:///{store}", "--host", "127.0.0.1", "--port", str(port)]
-        argv += ["--workers", "1", "--serve-artifacts"]
-        argv += ["--artifacts-destination", f"s3://{MLFLOW_BUCKET}/"]
+        argv += [f"sqlite:///{store}", "--host", "127.0.0.1"]
+        argv += ["--port", self.mlflow_url.rsplit(":", 1)[1], "--workers", "1"]
+        argv += ["--serve-artifacts", "--artifacts-destination", f"s3://{MLFLOW_BUCKET}/"]
         env = self.base_env() | {
             "MLFLOW_S3_ENDPOINT_URL": self.s3_url,
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         }
         proc = self._start("mlflow", argv, env)
-        wait_for(lambda: http_ok(f"{self.mlflow_url}/health"), 180, "the MLflow server", proc)
+        url = f"{self.mlflow_url}/health"
+        return lambda: wait_for(lambda: http_ok(url), 180, "the MLflow server", proc)
 
     # ------------------------------------------------------------------ Ray
 
@@ -221,10 +225,9 @@ class LocalCluster:
             "--object-store-memory=200000000",  # trials pass no objects; spare the shared host
         ]
 
-    def start_head(self) -> None:
-        port, dash = free_port(), free_port()
-        self.gcs_address = f"127.0.0.1:{port}"
-        self.dashboard_url = f"http://127.0.0.1:{dash}"
+    def launch_head(self) -> Callable[[], None]:
+        port = self.gcs_address.rsplit(":", 1)[1]
+        dash = self.dashboard_url.rsplit(":", 1)[1]
         argv = [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}"]
         argv += ["--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1"]
         argv += [f"--dashboard-port={dash}", f"--ray-client-server-port={free_port()}"]
@@ -232,7 +235,7 @@ class LocalCluster:
         argv += ["--disable-usage-stats", f"--temp-dir={self.ray_tmp / 'head'}", *self._ports()]
         proc = self._start("ray-head", argv, self._node_env("cache-head"))
         url = f"{self.dashboard_url}/api/gcs_healthz"
-        wait_for(lambda: http_ok(url), 180, "the Ray head", proc)
+        return lambda: wait_for(lambda: http_ok(url), 180, "the Ray head", proc)
 
     def add_worker(self, name: str, cpus: int = 1) -> None:
         argv = [str(BIN / "ray"), "start", "--block", f"--address={self.gcs_address}"]
@@ -276,11 +279,12 @@ class LocalCluster:
         return proc
 
     def start(self, workers: tuple[str, ...] = ("node_a", "node_b")) -> LocalCluster:
+        """Everything at once (start-up is mostly waiting), the workers once the head answers."""
         try:
-            self.start_s3()
-            self.start_mlflow()
-            self.start_head()
-            for name in workers:  # one at a time: nodes joining at once race for their ports
+            waits = [self.launch_s3(), self.launch_mlflow(), self.launch_head()]
+            for ready in waits:
+                ready()
+            for name in workers:
                 self.add_worker(name)
         except BaseException:
             self.stop()

@@ -172,6 +172,8 @@ def test_sweep_survives_a_lost_node_and_a_lost_driver(cluster: LocalCluster, tmp
         "the first trial finished and the second checkpointed twice",
     )
 
+    print(f"first trial finished, second half-way: {time.monotonic() - started:.0f} s")
+
     # 2. The node running the second trial is lost mid-trial.
     before_loss = checkpoints(lab, SECOND)
     assert max(before_loss) < EPOCHS - 2, "the trial ran too far before the node was lost"
@@ -189,6 +191,7 @@ def test_sweep_survives_a_lost_node_and_a_lost_driver(cluster: LocalCluster, tmp
         "the second trial to log a new epoch, on the surviving node",
     )
     assert node_running_a_trial(lab) == survivor
+    print(f"node lost, trial retried on {survivor}: {time.monotonic() - started:.0f} s")
     first_done = ledger(lab)[FIRST]
 
     # 3. The driver is lost: the job is stopped mid-trial, then the sweep is submitted again.
@@ -235,11 +238,10 @@ def test_sweep_survives_a_lost_node_and_a_lost_driver(cluster: LocalCluster, tmp
     for key, row in rows.items():
         assert row["metrics"]["test_auprc"] == final[key]["metrics"]["test_auprc"]
     on_cluster = driver_report(lab)  # what the driver's `analyze: true` logged to MLflow
-    out = elsewhere / "analysis"
-    args = ["analyze", NAME, "--tracking-uri", lab.mlflow_url, "--out", str(out)]
-    ok(sweep_cli(lab, *args, cwd=elsewhere, env=env, timeout=300))
-    assert (out / "report.md").read_text() == on_cluster
-    assert sorted(p.name for p in elsewhere.iterdir()) == ["analysis"]  # nothing else written
+    ok(sweep_cli(lab, "analyze", NAME, "--tracking-uri", lab.mlflow_url, cwd=elsewhere, env=env))
+    assert (elsewhere / "results" / NAME / "analysis" / "report.md").read_text() == on_cluster
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["results"]  # nothing else written
+    print(f"cluster test, all checks: {time.monotonic() - started:.0f} s")
 
 
 def tracked_runs(lab: LocalCluster) -> dict:
