@@ -37,17 +37,20 @@ BENCH_SPEC = {
 }
 
 
-def _config(scale: str, epochs: int, cache: Path):
+def _config(scale: str, epochs: int, cache: Path, size: int = 48):
     from trainables.config import TrialConfig
 
+    synthetic = dict(BENCH_SPEC["data"]["synthetic"])
+    if size != synthetic["size"]:  # the 4m cnn needs a multiple of 64; its checkpoint does not
+        synthetic |= {"size": size, "patients": 4, "slices_per_patient": 4}
     return TrialConfig.from_fields(
         {
             "arch": "cnn",
             "scale": scale,
             "recipe": "baseline",
             "seed": 1,
-            "synthetic": BENCH_SPEC["data"]["synthetic"],
-            "image_size": BENCH_SPEC["data"]["image_size"],
+            "synthetic": synthetic,
+            "image_size": size,
             "epochs": epochs,
             "batch_size": 8,
             "early_stop_warmup": epochs,
@@ -67,11 +70,11 @@ def bench_checkpoint_upload(work: Path, repeats: int = 5) -> None:
     from trainables.loop import train
 
     checkpoint = work / "ckpt-4m"
-    train(_config("4m", 1, work / "cache"), checkpoint_dir=checkpoint)
+    train(_config("4m", 1, work / "cache", size=64), checkpoint_dir=checkpoint)
     size = _folder_mb(checkpoint)
     lab = LocalCluster(work / "s3")
     try:
-        lab.start_s3()
+        lab.launch_s3()()
         s3 = pafs.S3FileSystem(
             endpoint_override=lab.s3_url,
             access_key="testing-key",
