@@ -122,7 +122,8 @@ class Outbox:
             (local / ENTRY_FILE).unlink()
             report = flush_journal(local, entry["tracking_uri"], timeout_s=timeout_s)
             if report.pending:
-                self.keep(local, entry["trial_key"], entry["tracking_uri"])
+                if report.delivered or report.rejected:  # progress: keep what is left
+                    self.keep(local, entry["trial_key"], entry["tracking_uri"])
             else:
                 self.discard(entry["trial_key"])
         return report
