@@ -28,7 +28,7 @@ PARENT_KEY = "_sweep_parent"  # the outbox entry of the parent run's status
 class SyncResult:
     delivered: int = 0  # records delivered now
     pending: int = 0  # records still kept in the outbox
-    trials: list[str] = field(default_factory=list)  # keys whose records are still kept
+    trials: list[str] = field(default_factory=list)  # entries still kept (trial keys, parent)
     where: str = ""  # the outbox
     error: str | None = None  # why delivery stopped (MLflow unreachable)
 
@@ -37,7 +37,7 @@ class SyncResult:
         if self.pending:
             reason = f" ({self.error})" if self.error else ""
             return (
-                f"tracking: {self.pending} MLflow records of {len(self.trials)} trial(s) pending "
+                f"tracking: {self.pending} MLflow records of {len(self.trials)} run(s) pending "
                 f"in {self.where}{reason}; `sweep sync {name}` delivers them"
             )
         if self.delivered:

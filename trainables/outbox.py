@@ -113,6 +113,7 @@ class Outbox:
         keep what is left as a newer version."""
         with tempfile.TemporaryDirectory(prefix="outbox-") as tmp:
             local = Path(tmp) / "journal"
+            local.mkdir()
             pafs.copy_files(
                 entry["path"],
                 str(local),
