@@ -23,13 +23,15 @@ Three rules make a trial exactly one run whatever happens to the process or the 
    values (what the MLflow run table and ``run.data.metrics`` show) even when a per-epoch metric
    has the same name.
 
-3. **Journal first, deliver second.** Every record (run opening, params, metrics, artifacts,
-   status) is appended to a JSONL journal in ``buffer_dir`` and fsync'd before any network call;
-   delivered records are acknowledged in the same journal. A failed delivery (connection refused,
-   timeout, 5xx, a locked sqlite file) leaves the record pending and training goes on: one warning
-   per outage, none per record. Every later call first delivers the pending records in order;
-   ``finish()`` retries with backoff for a bounded time and returns a ``DeliveryReport``. Whatever
-   is still pending stays in the journal, for a resumed trial or ``flush_journal`` to deliver.
+3. **Journal first, deliver second.** Every record (run opening, params, metrics, tags,
+   artifacts, status) is appended to a JSONL journal in ``buffer_dir`` and fsync'd before any
+   network call; delivered records are acknowledged in the same journal. A failed delivery
+   (connection refused, timeout, 5xx, a locked sqlite file) leaves the record pending and
+   training goes on: one warning per outage, none per record. Every later call first delivers
+   the pending records in order; ``finish()`` retries with backoff for a bounded time and returns
+   a ``DeliveryReport``. Whatever is still pending stays in the journal, for a resumed trial or
+   ``flush_journal`` to deliver, or is handed to ``keep_pending`` (the sweep's storage:
+   trainables.outbox), because a trial's own folder does not outlive it.
    If the server was down when the trial started, the run is found or created at the first
    delivery that succeeds. Records MLflow refuses for good (a 4xx answer: an invalid name, a
    param whose value changed) are acknowledged as rejected, counted and warned about.
