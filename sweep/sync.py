@@ -5,8 +5,8 @@ could not deliver in `<storage>/<name>/tracking_outbox/` (trainables.outbox). `s
 `sweep resume` and `sweep status` deliver it as well, before anything else; `sweep sync` does
 only that, and exits 1 while records are still pending (MLflow still unreachable).
 
-A trial that may still be running (its driver is alive and the ledger does not say it ended)
-is left alone: its own tracker, or its restart, delivers its records, and two deliverers racing
+A trial that may still be running (its driver is alive and the ledger does not say it
+finished) is left alone: its own tracker, or its restart, delivers its records, and two deliverers racing
 on one run is the one way a metric could be logged twice.
 """
 
@@ -92,13 +92,14 @@ def sync_outbox(
 
 
 def not_running(store: SweepStore) -> Callable[[str], bool]:
-    """Trials that cannot be running: no driver alive, or ended in the ledger."""
+    """Trials that cannot be running: any when no driver is alive, else those FINISHED in the
+    ledger (a FAILED one may be running again: `sweep resume` restarts it)."""
     from sweep.ledger import Ledger
     from sweep.status import driver_alive
 
     if driver_alive(store) is False:
         return lambda key: True
-    ended = {k for k, e in Ledger.load(store).entries.items() if e.state in ("FINISHED", "FAILED")}
+    ended = {k for k, e in Ledger.load(store).entries.items() if e.state == "FINISHED"}
     # The parent's status waits for the running driver, which sets it anyway.
     return lambda key: key != PARENT_KEY and grid_key(key) in ended
 

@@ -35,7 +35,9 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from trainables.files import atomic_write
-from trainables.tracking import JOURNAL_NAME, DeliveryReport, flush_journal, pending_records
+
+# trainables.tracking (hence mlflow, seconds to import) is imported only to deliver or keep
+# records: `sweep status` reads the outbox without it.
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +73,8 @@ class Outbox:
 
     def keep(self, journal_dir: Path, trial_key: str, tracking_uri: str) -> str:
         """Copy a journal folder in as a new version of `trial_key`'s entry; returns its URI."""
+        from trainables.tracking import JOURNAL_NAME, pending_records
+
         lines = len((journal_dir / JOURNAL_NAME).read_bytes().splitlines())
         version = f"{self.root}/{trial_key}/v{lines:09d}"
         self.fs.create_dir(version, recursive=True)
@@ -108,9 +112,11 @@ class Outbox:
                 found.append(entry | {"path": version})
         return found
 
-    def deliver(self, entry: dict, timeout_s: float = 0.0) -> DeliveryReport:
+    def deliver(self, entry: dict, timeout_s: float = 0.0):
         """Deliver one entry to its MLflow store; remove it when nothing is left pending, else
-        keep what is left as a newer version."""
+        keep what is left as a newer version. Returns the DeliveryReport."""
+        from trainables.tracking import flush_journal
+
         with tempfile.TemporaryDirectory(prefix="outbox-") as tmp:
             local = Path(tmp) / "journal"
             local.mkdir()
@@ -163,7 +169,7 @@ class Outbox:
 def keeper(outbox: Outbox, trial_key: str, tracking_uri: str):
     """The `keep_pending` hook of a TrialTracker: copies its journal into the outbox."""
 
-    def keep(journal_dir: Path, report: DeliveryReport) -> str:
+    def keep(journal_dir: Path, report) -> str:
         return outbox.keep(journal_dir, trial_key, tracking_uri)
 
     return keep
