@@ -6,8 +6,8 @@ could not deliver in `<storage>/<name>/tracking_outbox/` (trainables.outbox). `s
 only that, and exits 1 while records are still pending (MLflow still unreachable).
 
 A trial that may still be running (its driver is alive and the ledger does not say it
-finished) is left alone: its own tracker, or its restart, delivers its records, and two deliverers racing
-on one run is the one way a metric could be logged twice.
+finished) is left alone: its own tracker, or its restart, delivers its records, and two
+deliverers racing on one run is the one way a metric could be logged twice.
 """
 
 from __future__ import annotations
