@@ -493,10 +493,11 @@ def train(
 TRACKING_DIR = "tracking"  # the MLflow journal, inside the checkpoint so it travels with it
 
 
-def build_tracker(config: TrialConfig, checkpoint_dir: Path, *, resumed: bool = False):
+def build_tracker(config: TrialConfig, checkpoint_dir: Path):
     """The trial's MLflow tracker, reopening the run id the checkpoint kept (None: no tracking).
-    With an outbox, records still undelivered at the end are kept there (trainables.outbox); a
-    resumed trial's journal holds what its earlier attempt kept there, so that copy is dropped."""
+    With an outbox, records still undelivered at the end are kept there (trainables.outbox). An
+    entry an earlier attempt of this trial left there is dropped: this attempt supersedes it
+    (its restored journal holds the same records, and its own end sets the run's status)."""
     if config.tracking is None:
         return None
     import quant
@@ -524,8 +525,7 @@ def build_tracker(config: TrialConfig, checkpoint_dir: Path, *, resumed: bool = 
         from trainables.outbox import Outbox, keeper
 
         outbox = Outbox.at(config.tracking.outbox, config.tracking.outbox_endpoint)
-        if resumed:
-            outbox.discard(tags["trial_key"])
+        outbox.discard(tags["trial_key"])
         uri = resolve_tracking_uri(config.tracking.tracking_uri)
         keep_pending = keeper(outbox, tags["trial_key"], uri)
     tracker = TrialTracker(
@@ -557,7 +557,7 @@ def run_tracked(
     Artifacts default to `checkpoint_dir`/artifacts, so Tune persists them with the checkpoint."""
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     resume = checkpoint_dir if (checkpoint_dir / STATE_FILE).is_file() else None
-    tracker = build_tracker(config, checkpoint_dir, resumed=resume is not None)
+    tracker = build_tracker(config, checkpoint_dir)
     status = "FAILED"
     try:
         result = train(

@@ -18,8 +18,9 @@ version. Delivering a version again is harmless: the courier re-reads from MLflo
 metric already has and sends only later ones, params only when missing, tags and the status are
 set (not added), and an artifact overwrites its own path.
 
-A trial that restarts (Ray's retry, `sweep resume`) restores a journal that already holds what
-its earlier attempt kept here, so it discards its outbox entry first (`discard`).
+A trial that starts again (Ray's retry, `sweep resume`) discards its outbox entry first
+(`discard`): a restored journal already holds the same records, and in any case the new
+attempt's own end sets the run's status, which an old entry delivered later would overwrite.
 """
 
 from __future__ import annotations
