@@ -78,16 +78,6 @@ def sweep_status(store: SweepStore, *, stale_after: float = 300.0) -> list[Trial
     spec = parse_spec(yaml.safe_load(store.read_text("spec.yaml")), source=store.path("spec.yaml"))
     ledger = Ledger.load(store)
     experiments = store.list_dirs("tune")
-    kept = Counter()
-    for entry in outbox_for(store).entries():
-        kept[grid_key(entry["trial_key"])] += entry["pending"]
-    rows = _rows(store, spec, ledger, experiments, stale_after)
-    for row in rows:
-        row.tracking_pending = kept[row.key]
-    return rows
-
-
-def _rows(store, spec, ledger, experiments, stale_after) -> list[TrialStatus]:
     rows = []
     for trial in expand(spec).trials:
         key, epochs = trial.key, trial.config.epochs
@@ -123,6 +113,15 @@ def _rows(store, spec, ledger, experiments, stale_after) -> list[TrialStatus]:
             )
             break
         rows.append(row)
+    return _with_tracking_pending(store, rows)
+
+
+def _with_tracking_pending(store: SweepStore, rows: list[TrialStatus]) -> list[TrialStatus]:
+    kept = Counter()
+    for entry in outbox_for(store).entries():
+        kept[grid_key(entry["trial_key"])] += entry["pending"]
+    for row in rows:
+        row.tracking_pending = kept[row.key]
     return rows
 
 
