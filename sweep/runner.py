@@ -419,7 +419,8 @@ def _finish_parent_run(store: SweepStore, uri: str, run_id: str | None, *, ok: b
             MlflowClient(uri).set_terminated(run_id, status=status)
     except Exception as exc:  # MLflow unreachable: the status waits in the outbox
         where = keep_parent_status(store, uri, run_id, status)
-        print(f"tracking: the sweep's parent run status ({status}) kept in {where}: {exc}")
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        print(f"tracking: the sweep's parent run status ({status}) kept in {where}: {reason}")
 
 
 def _print_sync(name: str, synced) -> None:
