@@ -99,9 +99,10 @@ def is_local_tracking(uri: str) -> bool:
     return "://" not in uri or uri.split("://", 1)[0].lower() in ("sqlite", "file")
 
 
-def check_cluster_tracking(uri: str, *, shared: bool, nodes: int) -> None:
-    """Refuse a tracking store in a local file on a cluster of more than one node."""
-    if nodes <= 1 or not is_local_tracking(uri) or shared:
+def check_cluster_tracking(uri: str, *, nodes: int) -> None:
+    """Refuse a tracking store in a local file on a cluster of more than one node (even on a
+    shared filesystem: sqlite's locking is not safe across machines over NFS)."""
+    if nodes <= 1 or not is_local_tracking(uri):
         return
     raise SpecError(
         f"tracking_uri: {uri!r} is a file on one machine, and this Ray cluster has {nodes} "
@@ -122,7 +123,7 @@ def check_cluster_spec(spec: SweepSpec, nodes: int, *, resolve: bool = True) -> 
     if storage:
         check_cluster_storage(storage, shared=shared, nodes=nodes)
     if tracking:
-        check_cluster_tracking(tracking, shared=shared, nodes=nodes)
+        check_cluster_tracking(tracking, nodes=nodes)
 
 
 def ray_nodes_alive() -> int:

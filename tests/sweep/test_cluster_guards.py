@@ -57,9 +57,9 @@ def test_storage_every_node_sees_is_accepted(storage, shared, nodes):
 
 def test_a_file_tracking_store_on_several_nodes_is_refused():
     with pytest.raises(SpecError, match="MLflow tracking server"):
-        check_cluster_tracking("sqlite:////tmp/mlflow.db", shared=False, nodes=2)
-    check_cluster_tracking("http://mlflow:5000", shared=False, nodes=2)
-    check_cluster_tracking("sqlite:////tmp/mlflow.db", shared=False, nodes=1)
+        check_cluster_tracking("sqlite:////tmp/mlflow.db", nodes=2)
+    check_cluster_tracking("http://mlflow:5000", nodes=2)
+    check_cluster_tracking("sqlite:////tmp/mlflow.db", nodes=1)
 
 
 def test_the_spec_flag_and_the_cluster_environment_declare_shared_storage(monkeypatch):
