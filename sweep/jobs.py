@@ -24,6 +24,7 @@ from pathlib import Path
 from sweep.spec import SweepSpec, spec_to_yaml
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+AGENT_WAIT_S = 60.0  # how long a submission waits for a just-started head's job agent
 
 
 class ClusterError(RuntimeError):
@@ -47,6 +48,10 @@ def talking_to(address: str) -> Iterator[None]:
     except (OSError, ServerUnavailable) as err:  # ConnectionError and requests' are OSErrors
         reason = str(err).split(". ")[0]
         raise ClusterError(f"cannot reach the Ray dashboard at {address}: {reason}") from None
+    except ClusterError:
+        raise
+    except RuntimeError as err:  # the Jobs API answered with an error status
+        raise ClusterError(f"{address}: {str(err).strip()}") from None
 
 
 def _client(address: str):
@@ -66,12 +71,21 @@ def submit(spec: SweepSpec, address: str, *, env: dict[str, str] | None = None) 
         (workdir / "spec.yaml").write_text(spec_to_yaml(spec))
         job_id = f"sweep-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         env_vars = {"NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
-        return _client(address).submit_job(
-            entrypoint="sweep run spec.yaml --address auto",
-            submission_id=job_id,
-            runtime_env={"working_dir": str(workdir), "env_vars": env_vars},
-            metadata={"sweep": spec.name},
-        )
+        client = _client(address)
+        deadline = time.monotonic() + AGENT_WAIT_S
+        while True:
+            try:
+                return client.submit_job(
+                    entrypoint="sweep run spec.yaml --address auto",
+                    submission_id=job_id,
+                    runtime_env={"working_dir": str(workdir), "env_vars": env_vars},
+                    metadata={"sweep": spec.name},
+                )
+            except RuntimeError as err:
+                # A cluster that has just started answers before its job agent is up.
+                if "No available agent" not in str(err) or time.monotonic() > deadline:
+                    raise
+                time.sleep(2.0)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
