@@ -25,10 +25,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sweep import stopping
 from sweep.ledger import FINISHED, Ledger
 from sweep.lock import acquire
 from sweep.plan import Plan, PlannedTrial, expand
 from sweep.spec import SpecError, SweepSpec, resolve_storage, spec_to_yaml
+from sweep.stopping import graceful_stop
 from sweep.storage import SweepStore, filesystem_for
 
 TRAINABLE_ENV = {"NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
@@ -58,20 +60,91 @@ def open_store(spec: SweepSpec) -> SweepStore:
 
 
 def check_data(spec: SweepSpec) -> None:
-    if spec.data.path is not None and not Path(spec.data.path).expanduser().is_dir():
+    """data.path is a kaggle_3m folder with patients in it (listed only: no slice is decoded)."""
+    if spec.data.path is None:
+        return
+    from trainables.lgg import scan
+
+    problems = scan(Path(spec.data.path).expanduser()).problems
+    if problems:
+        more = f" (and {len(problems) - 1} more: run `sweep data check`)" if problems[1:] else ""
+        raise SpecError(f"data.path: {problems[0]}{more}")
+
+
+def check_storage(spec: SweepSpec) -> None:
+    """A local storage folder can be created and written (probed with an empty folder, removed
+    at once: permission bits alone do not tell, e.g. for root or a read-only mount)."""
+    root = spec.resolved_storage()
+    if "://" in root:
+        return  # an object store: the lock is its first write, and says if it fails
+    target = Path(root) / spec.name
+    existing = next(p for p in (target, *target.parents) if p.exists())
+    if not existing.is_dir():
+        raise SpecError(f"storage: {root!r}: {existing} is not a folder")
+    import tempfile
+
+    try:
+        Path(tempfile.mkdtemp(prefix=".sweep-probe-", dir=existing)).rmdir()
+    except OSError as err:
+        raise SpecError(f"storage: {root!r} is not writable ({existing}: {err.strerror})") from None
+
+
+def check_tracking(uri: str, timeout: float = 5.0) -> None:
+    """An HTTP tracking server answers within `timeout` seconds (MLflow's own client retries for
+    minutes before it gives up); a sqlite store's folder exists."""
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        if not folder.is_dir():
+            raise SpecError(f"tracking_uri: {uri}: folder {folder} does not exist")
+        return
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            return
+    except urllib.error.HTTPError:
+        return  # it answered (an auth proxy, an old server without /health): reachable
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
         raise SpecError(
-            f"data.path: {spec.data.path!r} is not a folder (expected kaggle_3m layout)"
-        )
+            f"tracking_uri: MLflow server {uri} unreachable ({reason}); start it, or point "
+            "tracking_uri / MLFLOW_TRACKING_URI at a running one"
+        ) from None
+
+
+def check_resources(spec: SweepSpec) -> None:
+    """Some node of the (connected) Ray cluster can hold one trial; else name what is missing."""
+    import ray
+
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    asked = {"CPU": spec.resources.cpus_per_trial, "GPU": spec.resources.gpus_per_trial}
+    if any(all(node.get(k, 0) >= v for k, v in asked.items()) for node in nodes):
+        return
+    field = {"CPU": "cpus_per_trial", "GPU": "gpus_per_trial"}
+    sizes = ", ".join(f"{n.get('CPU', 0):g} CPUs/{n.get('GPU', 0):g} GPUs" for n in nodes)
+    for kind, value in asked.items():
+        largest = max((node.get(kind, 0) for node in nodes), default=0)
+        if value > largest:
+            raise SpecError(
+                f"resources.{field[kind]}: {value:g} {kind}s per trial asked, but the largest "
+                f"node of this Ray cluster has {largest:g} ({len(nodes)} node(s): {sizes})"
+            )
+    raise SpecError(
+        f"resources: no node has {asked['CPU']:g} CPUs and {asked['GPU']:g} GPUs at once "
+        f"(nodes: {sizes})"
+    )
 
 
 # --------------------------------------------------------------------------- tracking
 
 
-def _start_parent_run(spec: SweepSpec, plan: Plan) -> tuple[str, str | None]:
+def _start_parent_run(uri: str, spec: SweepSpec, plan: Plan) -> str | None:
     import sweep
-    from trainables.tracking import resolve_tracking_uri, start_sweep_run
+    from trainables.tracking import start_sweep_run
 
-    uri = resolve_tracking_uri(spec.tracking_uri)
     tags = {
         "sweep": spec.name,
         "git_sha": _git_sha() or "unknown",
@@ -80,7 +153,7 @@ def _start_parent_run(spec: SweepSpec, plan: Plan) -> tuple[str, str | None]:
     params = {"trials": len(plan.trials), "storage": spec.resolved_storage()}
     run_id = start_sweep_run(uri, spec.name, tags=tags, params=params)
     _log_parent_artifacts(uri, run_id, spec, plan)
-    return uri, run_id
+    return run_id
 
 
 def _log_parent_artifacts(uri: str, run_id: str, spec: SweepSpec, plan: Plan) -> None:
@@ -132,36 +205,63 @@ def _trial_payload(trial: PlannedTrial, tracking: dict, spec: SweepSpec) -> dict
     }
 
 
-def _init_ray(address: str | None) -> None:
-    import ray
-
+def _init_ray(address: str | None) -> bool:
+    """Connect to `address`, or start the embedded Ray; True if this call started one."""
     # Trials checkpoint every epoch by design; Tune's warning about frequent experiment-state
     # snapshots would otherwise print a paragraph per epoch.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if not address:
+        _secure_embedded_ray()  # before `import ray`: Ray reads these at import
+    import ray
+
     if ray.is_initialized():
-        return
+        return False
     # Inside a Jobs-API job these variables are already in the job's runtime env, which Ray
     # refuses to merge with the same keys again: only ask for what this process lacks.
     missing = {k: v for k, v in TRAINABLE_ENV.items() if os.environ.get(k) != v}
     runtime_env = {"env_vars": missing} if missing else None
     if address:  # a cluster: its auth settings (RAY_AUTH_MODE, the token) come from the env
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
-    else:
-        # The embedded Ray lives and dies with this process and listens on this host only;
-        # Ray 2.60 would otherwise generate and demand a token for it.
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(
-            include_dashboard=False,
-            runtime_env=runtime_env,
-            log_to_driver=False,
-            _node_ip_address="127.0.0.1",
-        )
+        return False
+    ray.init(include_dashboard=False, runtime_env=runtime_env, log_to_driver=False)
+    _guard_ray_processes()
+    return True
+
+
+def _secure_embedded_ray() -> None:
+    """The embedded Ray is reachable from this machine only, and asks for a token.
+
+    Listeners: Ray binds every server to the node's IP address, and `ray.init()` turns 127.0.0.1
+    into the machine's external address, except with multi-node clusters off (its setting on
+    macOS/Windows), where the node's address is the loopback one and the gRPC servers, the agents
+    and the workers listen on 127.0.0.1 only. The embedded Ray never has another node.
+
+    Token auth: Ray 2.60's default for a new local cluster, kept unless RAY_AUTH_MODE says
+    otherwise. The token is made per driver and passed to Ray's processes in their environment
+    (it is never written to disk), unless one is given by RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH.
+    """
+    import secrets
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    if "ray._private.ray_constants" in sys.modules:  # imported already (e.g. by a callback)
+        sys.modules["ray._private.ray_constants"].ENABLE_RAY_CLUSTER = False
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    given = os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if os.environ["RAY_AUTH_MODE"] == "token" and not given:
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+
+
+def _guard_ray_processes() -> None:
+    """Have every Ray process started here stopped when this process ends, however it ends."""
+    from sweep.guard import start_guard
+
+    start_guard()
 
 
 def _run_config(spec: SweepSpec, store: SweepStore, experiment: str, keys: list[str]):
     from ray import tune
 
-    from sweep.progress import LedgerCallback, ProgressCallback
+    from sweep.progress import LedgerCallback, ProgressCallback, StopCallback
 
     fs, path = filesystem_for(store.tune_uri, spec.storage_endpoint)
     storage_path = store.tune_uri if store.is_local else path
@@ -171,7 +271,11 @@ def _run_config(spec: SweepSpec, store: SweepStore, experiment: str, keys: list[
         storage_filesystem=None if store.is_local else fs,
         failure_config=tune.FailureConfig(max_failures=spec.failure.max_retries),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-        callbacks=[LedgerCallback(store), ProgressCallback(total=len(keys))],
+        callbacks=[
+            LedgerCallback(store),
+            ProgressCallback(total=len(keys), pending_after=spec.resources.pending_warning_s),
+            StopCallback(),
+        ],
         verbose=0,
     )
 
@@ -223,8 +327,23 @@ def _fit_new(spec, store, trials: list[PlannedTrial], tracking: dict) -> None:
         tune_config=_tune_config(spec),
         run_config=_run_config(spec, store, experiment, list(keys)),
     )
-    tuner.fit()
-    store.write_text("", "tune", experiment, COMPLETE_MARKER)
+    if _all_ended(_fit(tuner)):
+        store.write_text("", "tune", experiment, COMPLETE_MARKER)
+
+
+def _fit(tuner):
+    """`tuner.fit()`; SweepInterrupted if a stop signal came meanwhile (the state is saved)."""
+    from sweep.stopping import fitting
+
+    with fitting():
+        return tuner.fit()
+
+
+def _all_ended(results) -> bool:
+    """Did every trial finish or fail for good? Only then is its experiment marked complete: a
+    trial still pending or running (a forced stop, a lost node) is resumed from its checkpoint by
+    the next `sweep run/resume`, which restores the experiments not marked complete."""
+    return results.num_terminated + results.num_errors == len(results)
 
 
 def _search_space(spec: SweepSpec) -> dict:
@@ -263,9 +382,10 @@ def _fit_search(spec, store, trial: PlannedTrial, tracking: dict) -> None:
         tune_config=_tune_config(spec, search_alg=searcher, num_samples=s.num_samples),
         run_config=_run_config(spec, store, experiment, [trial.key]),
     )
-    results = tuner.fit()
-    _record_study(store, trial, results, s.metric, s.mode)
-    store.write_text("", "tune", experiment, COMPLETE_MARKER)
+    results = _fit(tuner)
+    if _all_ended(results):
+        _record_study(store, trial, results, s.metric, s.mode)
+        store.write_text("", "tune", experiment, COMPLETE_MARKER)
 
 
 def _record_study(store, trial: PlannedTrial, results, metric: str, mode: str) -> None:
@@ -317,7 +437,9 @@ def _fit_restored(spec, store, experiment: str, plan_trials: dict[str, PlannedTr
         storage_filesystem=None if store.is_local else fs,
     )
     # The restored RunConfig (callbacks included) is the one pickled when the experiment began.
-    results = tuner.fit()
+    results = _fit(tuner)
+    if not _all_ended(results):
+        return set(keys)
     if spec.search is not None and keys and keys[0] in plan_trials:  # an Optuna study
         _record_study(store, plan_trials[keys[0]], results, spec.search.metric, spec.search.mode)
     store.write_text("", "tune", experiment, COMPLETE_MARKER)
@@ -328,19 +450,73 @@ def _fit_restored(spec, store, experiment: str, plan_trials: dict[str, PlannedTr
 
 
 def run_sweep(spec: SweepSpec, *, address: str | None = None) -> SweepOutcome:
+    """Run what is left of the sweep. Raises, with nothing written: SpecError (bad input, a
+    request no node can hold, storage or tracking out of reach), ConfigConflict, LockHeld (another
+    driver runs it). Raises SweepInterrupted on Ctrl-C/SIGTERM, once every trial's state is saved.
+    """
     plan = expand(spec)
     check_data(spec)
+    check_storage(spec)
+    tracking_uri = _tracking_uri(spec)
     store = open_store(spec)
-    with acquire(store):  # one driver per sweep: LockHeld names the one already running
-        return _run_locked(spec, plan, store, address)
+    # Read-only checks first: a refused run leaves nothing behind.
+    Ledger.load(store).check_conflicts(
+        {t.key: (t.config.config_hash, t.config.to_dict()) for t in plan.trials}
+    )
+    created = not store.exists()
+    with graceful_stop():
+        try:
+            with acquire(store):  # one driver per sweep: LockHeld names the one running it
+                return _run_locked(spec, plan, store, address, tracking_uri)
+        finally:
+            if created:
+                _remove_if_empty(store)  # refused before its first write: leave no folder
 
 
-def _run_locked(spec: SweepSpec, plan: Plan, store: SweepStore, address: str | None):
+def _tracking_uri(spec: SweepSpec) -> str:
+    from trainables.tracking import resolve_tracking_uri
+
+    try:
+        uri = resolve_tracking_uri(spec.tracking_uri)
+    except ValueError as err:
+        raise SpecError(f"tracking_uri: {err}") from None
+    check_tracking(uri)
+    return uri
+
+
+def _remove_if_empty(store: SweepStore) -> None:
+    import pyarrow.fs as pafs
+
+    selector = pafs.FileSelector(store.root, allow_not_found=True)
+    if not store.fs.get_file_info(selector):
+        with contextlib.suppress(OSError):
+            store.fs.delete_dir(store.root)
+
+
+def _run_locked(
+    spec: SweepSpec, plan: Plan, store: SweepStore, address: str | None, tracking_uri: str
+) -> SweepOutcome:
     ledger = Ledger.load(store)
-    ledger.check_conflicts({t.key: (t.config.config_hash, t.config.to_dict()) for t in plan.trials})
-    store.write_text(spec_to_yaml(spec), "spec.yaml")
+    pending = [t for t in plan.trials if not ledger.finished(t.key, t.config.config_hash)]
+    ray_started = False
+    try:
+        if pending:
+            ray_started = _init_ray(address)
+            stopping.install()  # ray.init() replaced the SIGTERM handler
+            check_resources(spec)  # before the first write
+        return _run_trials(spec, plan, store, tracking_uri, pending)
+    finally:
+        if ray_started:
+            import ray
 
-    tracking_uri, parent_run_id = _start_parent_run(spec, plan)
+            ray.shutdown()
+
+
+def _run_trials(
+    spec: SweepSpec, plan: Plan, store: SweepStore, tracking_uri: str, pending: list
+) -> SweepOutcome:
+    store.write_text(spec_to_yaml(spec), "spec.yaml")
+    parent_run_id = _start_parent_run(tracking_uri, spec, plan)
     tracking = {"uri": tracking_uri, "experiment": spec.name, "parent_run_id": parent_run_id}
     outcome = SweepOutcome(
         spec.name,
@@ -350,29 +526,18 @@ def _run_locked(spec: SweepSpec, plan: Plan, store: SweepStore, address: str | N
         tracking_uri=tracking_uri,
         parent_run_id=parent_run_id,
     )
-    pending = [t for t in plan.trials if not ledger.finished(t.key, t.config.config_hash)]
     outcome.skipped = len(plan.trials) - len(pending)
     if outcome.skipped:
         print(
             f"{outcome.skipped} of {len(plan.trials)} trials already finished: skipped", flush=True
         )
 
-    if pending:
-        _init_ray(address)
-        covered = set()
-        interrupted = _interrupted_experiment(store)
-        if interrupted:
-            covered = _fit_restored(spec, store, interrupted, {t.key: t for t in plan.trials})
-        ledger = Ledger.load(store)
-        rest = [
-            t
-            for t in pending
-            if t.key not in covered and not ledger.finished(t.key, t.config.config_hash)
-        ]
-        if rest and spec.search is None:
-            _fit_new(spec, store, rest, tracking)
-        for trial in rest if spec.search is not None else []:
-            _fit_search(spec, store, trial, tracking)
+    try:
+        if pending:
+            _fit_pending(spec, plan, store, pending, tracking)
+    except stopping.SweepInterrupted:
+        _finish_parent_run(tracking_uri, parent_run_id, status="KILLED")
+        raise
 
     ledger = Ledger.load(store)
     for t in plan.trials:
@@ -381,7 +546,7 @@ def _run_locked(spec: SweepSpec, plan: Plan, store: SweepStore, address: str | N
             outcome.finished.append(t.key)
         else:
             outcome.failed.append(t.key)
-    _finish_parent_run(tracking_uri, parent_run_id, ok=outcome.ok)
+    _finish_parent_run(tracking_uri, parent_run_id, status="FINISHED" if outcome.ok else "FAILED")
     if spec.analyze:
         from sweep.analyze_cli import analyze
 
@@ -389,12 +554,29 @@ def _run_locked(spec: SweepSpec, plan: Plan, store: SweepStore, address: str | N
     return outcome
 
 
-def _finish_parent_run(uri: str, run_id: str | None, *, ok: bool) -> None:
+def _fit_pending(spec, plan: Plan, store: SweepStore, pending: list, tracking: dict) -> None:
+    covered = set()
+    interrupted = _interrupted_experiment(store)
+    if interrupted:
+        covered = _fit_restored(spec, store, interrupted, {t.key: t for t in plan.trials})
+    ledger = Ledger.load(store)
+    rest = [
+        t
+        for t in pending
+        if t.key not in covered and not ledger.finished(t.key, t.config.config_hash)
+    ]
+    if rest and spec.search is None:
+        _fit_new(spec, store, rest, tracking)
+    for trial in rest if spec.search is not None else []:
+        _fit_search(spec, store, trial, tracking)
+
+
+def _finish_parent_run(uri: str, run_id: str | None, *, status: str) -> None:
     if run_id is None:
         return
     from mlflow.tracking import MlflowClient
 
-    MlflowClient(uri).set_terminated(run_id, status="FINISHED" if ok else "FAILED")
+    MlflowClient(uri).set_terminated(run_id, status=status)
 
 
 def resume_sweep(
