@@ -126,7 +126,15 @@ def status(args) -> int:
         print(json.dumps([r.__dict__ for r in rows], indent=1))
     else:
         print(format_status(args.name, rows))
+        _print_driver(store)
     return 0
+
+
+def _print_driver(store) -> None:
+    from sweep.lock import holder
+
+    running = holder(store)  # read from the lock file; never takes the lock
+    print(f"driver: {running.describe()}" if running else "driver: none running")
 
 
 def submit(args) -> int:

@@ -463,14 +463,13 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None) -> SweepOutcome:
     Ledger.load(store).check_conflicts(
         {t.key: (t.config.config_hash, t.config.to_dict()) for t in plan.trials}
     )
-    created = not store.exists()
+    new_dirs = _missing_dirs(store)
     with graceful_stop():
         try:
             with acquire(store):  # one driver per sweep: LockHeld names the one running it
                 return _run_locked(spec, plan, store, address, tracking_uri)
         finally:
-            if created:
-                _remove_if_empty(store)  # refused before its first write: leave no folder
+            _remove_if_empty(store, new_dirs)  # refused before its first write: leave no folder
 
 
 def _tracking_uri(spec: SweepSpec) -> str:
@@ -484,13 +483,26 @@ def _tracking_uri(spec: SweepSpec) -> str:
     return uri
 
 
-def _remove_if_empty(store: SweepStore) -> None:
+def _missing_dirs(store: SweepStore) -> list[str]:
+    """The sweep's folder and those above it that do not exist yet, deepest first."""
     import pyarrow.fs as pafs
 
-    selector = pafs.FileSelector(store.root, allow_not_found=True)
-    if not store.fs.get_file_info(selector):
+    missing, path = [], store.root
+    while path and store.fs.get_file_info(path).type == pafs.FileType.NotFound:
+        missing.append(path)
+        path = path.rsplit("/", 1)[0] if "/" in path.strip("/") else ""
+    return missing
+
+
+def _remove_if_empty(store: SweepStore, dirs: list[str]) -> None:
+    """Remove the folders this run created, if nothing but its (released) lock was in them."""
+    import pyarrow.fs as pafs
+
+    for path in dirs:
+        if store.fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
+            return
         with contextlib.suppress(OSError):
-            store.fs.delete_dir(store.root)
+            store.fs.delete_dir(path)
 
 
 def _run_locked(
