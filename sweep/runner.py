@@ -116,10 +116,9 @@ def check_tracking(uri: str, timeout: float = 5.0) -> None:
 
 
 def check_resources(spec: SweepSpec) -> None:
-    """Some node of the (connected) Ray cluster can hold one trial; else name what is missing."""
-    import ray
-
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    """Some node of the Ray cluster (or a node type its autoscaler may add) can hold one trial;
+    else name the resource, what was asked, and what the largest node has."""
+    nodes = _node_shapes()
     asked = {"CPU": spec.resources.cpus_per_trial, "GPU": spec.resources.gpus_per_trial}
     if any(all(node.get(k, 0) >= v for k, v in asked.items()) for node in nodes):
         return
@@ -136,6 +135,22 @@ def check_resources(spec: SweepSpec) -> None:
         f"resources: no node has {asked['CPU']:g} CPUs and {asked['GPU']:g} GPUs at once "
         f"(nodes: {sizes})"
     )
+
+
+def _node_shapes() -> list[dict[str, float]]:
+    """The resources of each live node, and of each node type an autoscaler may start."""
+    import ray
+
+    shapes = [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+    try:  # private, but what Ray Train and Ray Data read for the same purpose
+        from ray._private.state import state
+
+        config = state.get_cluster_config()
+    except Exception:  # noqa: BLE001 - no autoscaler information: judge by live nodes
+        config = None
+    if config is not None:
+        shapes += [dict(g.resources) for g in config.node_group_configs if g.max_count != 0]
+    return shapes
 
 
 # --------------------------------------------------------------------------- tracking
@@ -466,10 +481,20 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None) -> SweepOutcome:
     new_dirs = _missing_dirs(store)
     with graceful_stop():
         try:
-            with acquire(store):  # one driver per sweep: LockHeld names the one running it
+            with acquire(store) as lock:  # one driver per sweep: LockHeld names the running one
+                lock.on_lost = _stop_on_lost_lock
                 return _run_locked(spec, plan, store, address, tracking_uri)
         finally:
             _remove_if_empty(store, new_dirs)  # refused before its first write: leave no folder
+
+
+def _stop_on_lost_lock(other) -> None:
+    """An object store's lock was overwritten (see sweep.lock): stop as on SIGTERM, saving state."""
+    import signal
+
+    who = other.describe() if other else "nobody (the lock file is gone)"
+    print(f"warning: the sweep's lock is now held by {who}: stopping", file=sys.stderr, flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _tracking_uri(spec: SweepSpec) -> str:
