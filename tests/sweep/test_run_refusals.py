@@ -60,10 +60,8 @@ def test_storage_under_a_file(tmp_path, capsys):
     spec = _spec(tmp_path, storage=str(tmp_path / "afile" / "sweeps"))
     code, err, _ = _run(tmp_path, spec, capsys)
     assert code == 2
-    assert (
-        err
-        == f"error: storage: {str(tmp_path / 'afile' / 'sweeps')!r}: {tmp_path / 'afile'} is not a folder"
-    )
+    storage = str(tmp_path / "afile" / "sweeps")
+    assert err == f"error: storage: {storage!r}: {tmp_path / 'afile'} is not a folder"
 
 
 def test_unwritable_storage(tmp_path, capsys):
@@ -95,10 +93,8 @@ def test_empty_data_folder(tmp_path, capsys):
     spec = _spec(tmp_path, data={"synthetic": None, "path": str(tmp_path / "data")})
     code, err, _ = _run(tmp_path, spec, capsys)
     assert code == 2
-    assert (
-        err
-        == f"error: data.path: {tmp_path / 'data'}: no patients found: no sub-folder holds .tif slices"
-    )
+    assert err.startswith(f"error: data.path: {tmp_path / 'data'}: no patients found: ")
+    assert len(err.splitlines()) == 1
     assert not (tmp_path / "storage").exists()
 
 
