@@ -32,6 +32,7 @@ from sweep.plan import Plan, PlannedTrial, expand
 from sweep.spec import SpecError, SweepSpec, resolve_storage, spec_to_yaml
 from sweep.stopping import graceful_stop
 from sweep.storage import SweepStore, filesystem_for
+from sweep.sync import keep_parent_status, outbox_uri, short_http_retries, sync_outbox
 
 TRAINABLE_ENV = {"NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
 COMPLETE_MARKER = ".complete"
@@ -276,7 +277,9 @@ def _guard_ray_processes() -> None:
 def _run_config(spec: SweepSpec, store: SweepStore, experiment: str, keys: list[str]):
     from ray import tune
 
+    from sweep.outage import TrackingOutageCallback
     from sweep.progress import LedgerCallback, ProgressCallback, StopCallback
+    from trainables.tracking import resolve_tracking_uri
 
     fs, path = filesystem_for(store.tune_uri, spec.storage_endpoint)
     storage_path = store.tune_uri if store.is_local else path
@@ -290,6 +293,7 @@ def _run_config(spec: SweepSpec, store: SweepStore, experiment: str, keys: list[
             LedgerCallback(store),
             ProgressCallback(total=len(keys), pending_after=spec.resources.pending_warning_s),
             StopCallback(),
+            TrackingOutageCallback(resolve_tracking_uri(spec.tracking_uri), outbox_uri(store)),
         ],
         verbose=0,
     )
@@ -553,8 +557,16 @@ def _run_trials(
     spec: SweepSpec, plan: Plan, store: SweepStore, tracking_uri: str, pending: list
 ) -> SweepOutcome:
     store.write_text(spec_to_yaml(spec), "spec.yaml")
+    _print_sync(spec.name, sync_outbox(store))  # records kept during an earlier outage
     parent_run_id = _start_parent_run(tracking_uri, spec, plan)
-    tracking = {"uri": tracking_uri, "experiment": spec.name, "parent_run_id": parent_run_id}
+    tracking = {
+        "uri": tracking_uri,
+        "experiment": spec.name,
+        "parent_run_id": parent_run_id,
+        "outbox": outbox_uri(store),
+        "outbox_endpoint": spec.storage_endpoint,
+        "finish_timeout_s": spec.failure.tracking_wait_s,
+    }
     outcome = SweepOutcome(
         spec.name,
         len(plan.trials),
@@ -573,7 +585,7 @@ def _run_trials(
         if pending:
             _fit_pending(spec, plan, store, pending, tracking)
     except stopping.SweepInterrupted:
-        _finish_parent_run(tracking_uri, parent_run_id, status="KILLED")
+        _finish_parent_run(store, tracking_uri, parent_run_id, ok=False, status="KILLED")
         raise
 
     ledger = Ledger.load(store)
@@ -583,7 +595,8 @@ def _run_trials(
             outcome.finished.append(t.key)
         else:
             outcome.failed.append(t.key)
-    _finish_parent_run(tracking_uri, parent_run_id, status="FINISHED" if outcome.ok else "FAILED")
+    _print_sync(spec.name, sync_outbox(store))  # trials that ended during an outage
+    _finish_parent_run(store, tracking_uri, parent_run_id, ok=outcome.ok)
     if spec.analyze:
         from sweep.analyze_cli import analyze
 
@@ -608,12 +621,26 @@ def _fit_pending(spec, plan: Plan, store: SweepStore, pending: list, tracking: d
         _fit_search(spec, store, trial, tracking)
 
 
-def _finish_parent_run(uri: str, run_id: str | None, *, status: str) -> None:
+def _finish_parent_run(
+    store: SweepStore, uri: str, run_id: str | None, *, ok: bool, status: str | None = None
+) -> None:
     if run_id is None:
         return
     from mlflow.tracking import MlflowClient
 
-    MlflowClient(uri).set_terminated(run_id, status=status)
+    status = status or ("FINISHED" if ok else "FAILED")
+    try:
+        with short_http_retries():
+            MlflowClient(uri).set_terminated(run_id, status=status)
+    except Exception as exc:  # MLflow unreachable: the status waits in the outbox
+        where = keep_parent_status(store, uri, run_id, status)
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        print(f"tracking: the sweep's parent run status ({status}) kept in {where}: {reason}")
+
+
+def _print_sync(name: str, synced) -> None:
+    if synced.summary(name):
+        print(synced.summary(name), flush=True)
 
 
 def resume_sweep(
