@@ -50,9 +50,16 @@ def _last_result(store: SweepStore, experiment: str, key: str) -> dict | None:
 
 
 def driver_alive(store: SweepStore) -> bool:
-    """Is a driver running the sweep? Read from its lock (by PID on the driver's host, by the
-    lock's heartbeat elsewhere), without taking the lock."""
-    return holder(store) is not None
+    """Is another driver running the sweep? Read from its lock (by PID on the driver's host, by
+    the lock's heartbeat elsewhere), without taking the lock. The driver asking about its own
+    sweep gets False: it asks between its fits, when none of its trials runs."""
+    import os
+    import socket
+
+    record = holder(store)
+    if record is None:
+        return False
+    return (record.host, record.pid) != (socket.gethostname(), os.getpid())
 
 
 def sweep_status(store: SweepStore) -> list[TrialStatus]:
