@@ -49,14 +49,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for(predicate, timeout: float, what: str, proc: Proc | None = None) -> None:
+def wait_for(
+    predicate, timeout: float, what: str, proc: Proc | None = None, poll: float = 0.25
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.popen.poll() is not None:
             raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.tail()}")
         if predicate():
             return
-        time.sleep(0.5)
+        time.sleep(poll)
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 

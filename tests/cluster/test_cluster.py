@@ -53,7 +53,14 @@ def lab_spec(**overrides) -> dict:
             "image_size": 48,
         },
         "grid": {"arch": ["cnn"], "scale": ["tiny"], "recipe": ["baseline", "nvfp4"], "seed": [1]},
-        "protocol": {"epochs": EPOCHS, "batch_size": 8, "early_stop_warmup": EPOCHS},
+        # Every epoch lasts a second at least, however fast the machine: the node loss and the
+        # stop below must land with epochs still to run (the hook changes no result).
+        "protocol": {
+            "epochs": EPOCHS,
+            "batch_size": 8,
+            "early_stop_warmup": EPOCHS,
+            "test_hooks": {"epoch_delay_s": 1.0},
+        },
         # One trial at a time: the node that is lost runs exactly one, known, trial.
         "resources": {"cpus_per_trial": 1, "max_concurrent": 1},
         "storage": STORAGE,
@@ -195,12 +202,13 @@ def test_sweep_survives_a_lost_node_and_a_lost_driver(cluster: LocalCluster, tmp
     print(f"node lost, trial retried on {survivor}: {time.monotonic() - started:.0f} s")
     first_done = ledger(lab)[FIRST]
 
-    # 3. The driver is lost: the job is stopped mid-trial, then the sweep is submitted again.
-    ok(sweep_cli(lab, "stop", NAME, "--address", lab.dashboard_url, cwd=client))
+    # 3. The driver is lost: the job is stopped mid-trial (from here, at once: `sweep stop`'s own
+    # start-up would let the trial run on), then the sweep is submitted again.
+    jobs = lab.jobs()
+    jobs.stop_job(max(jobs.list_jobs(), key=lambda j: j.start_time or 0).submission_id)
     wait_for(lambda: job_state(lab, client) == "STOPPED", 60, "the job to stop")
-    assert ledger(lab).get(SECOND, {}).get("state") != "FINISHED", (
-        "ended before the driver was lost"
-    )
+    assert ledger(lab).get(SECOND, {}).get("state") != "FINISHED"
+    assert max(epoch_steps(lab, tracked_runs(lab)[SECOND], "train_loss")) < EPOCHS
     stopped_at = max(checkpoints(lab, SECOND))
     again = ok(sweep_cli(lab, *submit, "--wait", "--timeout", "300", cwd=client, timeout=330))
     assert "SUCCEEDED" in again.stdout
@@ -267,7 +275,9 @@ def uninterrupted(config: dict, folder: Path):
     from trainables.config import TrialConfig
     from trainables.loop import train
 
-    trial = TrialConfig.from_dict(config).replace(cache_dir=str(folder / "cache"), tracking=None)
+    trial = TrialConfig.from_dict(config).replace(
+        cache_dir=str(folder / "cache"), tracking=None, test_hooks=None
+    )
     return train(trial, checkpoint_dir=folder / "checkpoint")
 
 
@@ -353,10 +363,11 @@ def test_the_cluster_token_is_required_and_sent(cluster, tmp_path):
     token_file = tmp_path / "token"
     token_file.write_text(lab.token)
     with_path = tokenless | {"RAY_AUTH_TOKEN_PATH": str(token_file)}
-    out = sweep_cli(
-        lab, "status", "none", "--address", lab.dashboard_url, cwd=tmp_path, env=with_path
-    )
-    assert out.returncode == 2 and "no job of sweep 'none'" in out.stderr  # authenticated
+    for command in ("status", "logs", "stop"):  # authenticated: the cluster answers
+        out = sweep_cli(
+            lab, command, "none", "--address", lab.dashboard_url, cwd=tmp_path, env=with_path
+        )
+        assert out.returncode == 2 and "no job of sweep 'none'" in out.stderr, out.stderr
 
 
 def test_one_driver_per_sweep_on_s3(cluster, tmp_path, monkeypatch):

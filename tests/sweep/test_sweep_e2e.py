@@ -282,6 +282,10 @@ def test_submit_through_the_jobs_api_runs_the_sweep(tmp_path):
             f"--dashboard-port={dash}",
             "--num-cpus=2",
             "--include-dashboard=true",
+            # Ray's default agent port (52365) may be another Ray's on this host: the job agent
+            # would fail to bind and every submission answer "No available agent".
+            f"--dashboard-agent-listen-port={_free_port()}",
+            f"--ray-client-server-port={_free_port()}",
             "--disable-usage-stats",
             f"--temp-dir={ray_tmp}",
         ],
