@@ -293,8 +293,9 @@ class LocalCluster:
             raise
         return self
 
-    def stop(self, grace: float = 15.0) -> None:
-        """SIGTERM every process group at once, SIGKILL what is left after `grace` seconds."""
+    def stop(self, grace: float = 5.0) -> None:
+        """SIGTERM every process group at once, SIGKILL what is left after `grace` seconds (the
+        state of these services is thrown away: nothing needs a clean shutdown)."""
         procs = list(self.procs.values())
         self.procs.clear()
         for proc in procs:
