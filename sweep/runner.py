@@ -342,7 +342,13 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None) -> SweepOutcome:
     store.write_text(spec_to_yaml(spec), "spec.yaml")
 
     tracking_uri, parent_run_id = _start_parent_run(spec, plan)
-    tracking = {"uri": tracking_uri, "experiment": spec.name, "parent_run_id": parent_run_id}
+    _describe(spec, plan, store, tracking_uri, parent_run_id)
+    tracking = {
+        "uri": tracking_uri,
+        "experiment": spec.name,
+        "parent_run_id": parent_run_id,
+        **spec.tracking.model_dump(),  # system metrics: the trainable passes them on
+    }
     outcome = SweepOutcome(
         spec.name,
         len(plan.trials),
@@ -389,7 +395,16 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None) -> SweepOutcome:
         from sweep.analyze_cli import analyze
 
         outcome.report = str(analyze(spec.name, tracking_uri=tracking_uri).report)
+    _describe(spec, plan, store, tracking_uri, parent_run_id, outcome)
     return outcome
+
+
+def _describe(spec, plan, store, uri: str, run_id: str, outcome: SweepOutcome | None = None):
+    """The experiment's and the parent run's descriptions (sweep.notes), at start and at the end."""
+    from sweep.notes import describe_sweep
+
+    done = {} if outcome is None else {"finished": outcome.finished, "failed": outcome.failed}
+    describe_sweep(uri, spec, plan, storage=store.storage_uri, parent_run_id=run_id, **done)
 
 
 def _finish_parent_run(uri: str, run_id: str | None, *, ok: bool) -> None:

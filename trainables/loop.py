@@ -38,6 +38,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import math
 import os
 import random
@@ -540,30 +541,62 @@ def run_tracked(
     artifacts_dir: Path | None = None,
 ):
     """The loop with its tracker's lifecycle around it; resumes if `checkpoint_dir` holds one.
-    Artifacts default to `checkpoint_dir`/artifacts, so Tune persists them with the checkpoint."""
+    Artifacts default to `checkpoint_dir`/artifacts, so Tune persists them with the checkpoint.
+
+    Around the loop, for the MLflow UI: the data as the run's dataset input, system metrics when
+    asked for (trainables.system_metrics), and the run's description once it ends, finished or
+    not (trainables.run_notes)."""
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     resume = checkpoint_dir if (checkpoint_dir / STATE_FILE).is_file() else None
     tracker = build_tracker(config, checkpoint_dir)
-    status = "FAILED"
+    status, result, error, monitor = "FAILED", None, None, None
     try:
-        result = train(
+        root = Path(data_root) if data_root is not None else resolve_data_root(config)
+        run = TrainingRun(
             config,
             checkpoint_dir=checkpoint_dir,
-            data_root=data_root,
+            data_root=root,
             resume_from=resume,
             device=device,
             tracker=tracker,
             callbacks=callbacks,
             artifacts_dir=artifacts_dir,
         )
+        monitor = _observe(tracker, config, run, root)
+        result = run.fit()
         status = "FINISHED"
         return result
     except (KeyboardInterrupt, SystemExit):
         status = "KILLED"
         raise
+    except Exception as exc:
+        error = exc
+        raise
     finally:
-        if tracker is not None:
-            tracker.finish(status)
+        _close_tracking(tracker, config, status, result, error, monitor)
+
+
+def _observe(tracker, config: TrialConfig, run: TrainingRun, root: Path):
+    """Log the run's dataset input; start its system-metrics monitor (None if not wanted)."""
+    if tracker is None:
+        return None
+    from trainables import run_notes, system_metrics
+
+    tracker.log_dataset(run_notes.dataset_input(config, run.data, root))
+    return system_metrics.start(config.tracking, tracker.run_id, run.device.type)
+
+
+def _close_tracking(tracker, config: TrialConfig, status: str, result, error, monitor) -> None:
+    if tracker is None:
+        return
+    from trainables import run_notes, system_metrics
+
+    system_metrics.stop(monitor)  # first: the monitor logs only while the run is RUNNING
+    try:
+        tracker.set_note(run_notes.trial_note(config, result, error))
+    except Exception as exc:  # a description is not worth masking how the run ended
+        logging.getLogger(__name__).warning("%s: no run description: %s", config.trial_key, exc)
+    tracker.finish(status)
 
 
 # --------------------------------------------------------------------------- artifacts

@@ -5,7 +5,8 @@
 What it adds to the loop, and nothing else:
 - the config: Tune's `config` is either a TrialConfig dict itself or the sweep's payload
   ``{"trial": {"trial": <TrialConfig dict>, "config_hash": ..., "tracking": {"uri",
-  "experiment", "parent_run_id"}, "save_weights": bool, "trial_key": ...}}`` (see
+  "experiment", "parent_run_id", "system_metrics", "system_metrics_interval_s"}, "save_weights":
+  bool, "trial_key": ...}}`` (see
   `config_from_tune`); a payload whose hash or key disagrees with its config is refused;
 - threads: torch uses as many threads as CPUs Ray gave the trial;
 - restore: `ray.tune.get_checkpoint()` is downloaded into the trial's working folder and the run
@@ -37,6 +38,8 @@ import torch
 from trainables.config import ConfigError, TrackingConfig, TrialConfig
 from trainables.loop import Callback, run_tracked
 
+SYSTEM_METRICS_KEYS = ("system_metrics", "system_metrics_interval_s")  # passed through as given
+
 
 def config_from_tune(config: dict[str, Any]) -> TrialConfig:
     """The TrialConfig of a Tune trial, from a flat config or the sweep's payload.
@@ -63,6 +66,7 @@ def config_from_tune(config: dict[str, Any]) -> TrialConfig:
             parent_run_id=tracking.get("parent_run_id"),
             log_weights=bool(payload.get("save_weights", False)),
             tags=tags,
+            **{k: tracking[k] for k in SYSTEM_METRICS_KEYS if k in tracking},
         ).model_dump()
     trial = TrialConfig.from_dict(fields, source="tune config")
     for key, expected in (("config_hash", trial.config_hash), ("trial_key", trial.trial_key)):
