@@ -42,6 +42,11 @@ environment, unless they are already set (an explicit setting wins).
 
 Artifacts are copied into ``buffer_dir`` when they are recorded, so what is delivered later is
 what was there at that moment; the copy is deleted once delivered.
+
+For the UI: experiments are created with ``mlflow.experimentKind = custom_model_development``
+(MLflow 3's model-training kind; `mark_training_experiment` adds it to older sweeps), and a
+trial's description (``mlflow.note.content``, `TrialTracker.set_note`) and its dataset input
+(`TrialTracker.log_dataset`) go through the journal like everything else.
 """
 
 from __future__ import annotations
