@@ -31,6 +31,7 @@ from sweep.spec import SweepSpec
 TRIALS_VIEW_KEY = "sweep-trials"
 SHARED_VIEW_TAG = "mlflow.sharedViewState."
 ANALYSIS_DIR = "analysis"
+ANALYSIS_MARK = "- **Analysis**:"  # the notes end with this part; refresh_analysis replaces it
 TRIALS_VIEW = {
     "groupBy": {
         "aggregateFunction": "average",
@@ -127,13 +128,20 @@ def sweep_note(
 def _analysis_lines(
     spec: SweepSpec, experiment_id: str, run_id: str, figures: list[str], inline: bool
 ) -> list[str]:
+    return analysis_lines(spec.name, experiment_id, run_id, figures, inline)
+
+
+def analysis_lines(
+    name: str, experiment_id: str, run_id: str, figures: list[str], inline: bool
+) -> list[str]:
+    """The note's last part: where the report and figures are (the figures shown if ``inline``)."""
     report = run_page_path(experiment_id, run_id, f"{ANALYSIS_DIR}/report.md")
     if not figures:
         return [
-            f"- **Analysis**: not logged yet; `sweep analyze {spec.name}` (or `analyze: true` in "
+            f"{ANALYSIS_MARK} not logged yet; `sweep analyze {name}` (or `analyze: true` in "
             f"the spec) logs the report and figures under `{ANALYSIS_DIR}/` of the parent run"
         ]
-    lines = [f"- **Analysis**: [report.md]({report}) and figures on the parent run:"]
+    lines = [f"{ANALYSIS_MARK} [report.md]({report}) and figures on the parent run:"]
     for path in figures:
         lines.append(
             f"  - [{path.rsplit('/', 1)[-1]}]({run_page_path(experiment_id, run_id, path)})"
@@ -204,6 +212,31 @@ def describe_sweep(
     set_experiment_note(client, experiment_id, sweep_note(spec, plan, **common))
     set_run_note(client, parent_run_id, sweep_note(spec, plan, **common, inline_figures=True))
     client.set_experiment_tag(experiment_id, SHARED_VIEW_TAG + TRIALS_VIEW_KEY, view_state())
+
+
+def refresh_analysis(tracking_uri: str, name: str, parent_run_id: str) -> None:
+    """After `sweep analyze` logged the report: rewrite the analysis part of both notes (the
+    rest, written by the sweep, stays). Notes the sweep never wrote are left alone."""
+    from mlflow.tracking import MlflowClient
+
+    from trainables.tracking import NOTE_TAG, set_experiment_note, set_run_note
+
+    client = MlflowClient(tracking_uri)
+    run = client.get_run(parent_run_id)
+    experiment_id = run.info.experiment_id
+    figures = analysis_figures(client, parent_run_id)
+    old = client.get_experiment(experiment_id).tags.get(NOTE_TAG, "")
+    if ANALYSIS_MARK in old:
+        lines = analysis_lines(name, experiment_id, parent_run_id, figures, inline=False)
+        set_experiment_note(client, experiment_id, _replace_analysis(old, lines))
+    old = run.data.tags.get(NOTE_TAG, "")
+    if ANALYSIS_MARK in old:
+        lines = analysis_lines(name, experiment_id, parent_run_id, figures, inline=True)
+        set_run_note(client, parent_run_id, _replace_analysis(old, lines))
+
+
+def _replace_analysis(note: str, lines: list[str]) -> str:
+    return note[: note.rindex(ANALYSIS_MARK)] + "\n".join(lines) + "\n"
 
 
 def analysis_figures(client, run_id: str) -> list[str]:

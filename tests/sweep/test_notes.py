@@ -145,3 +145,30 @@ def test_spec_tracking_section(value):
         parse_spec({**SPEC, "tracking": {"system_metrics_interval_s": 0}})
     with pytest.raises(ValueError, match="tracking.system_metrics"):
         parse_spec({**SPEC, "tracking": {"system_metrics": "sometimes"}})
+
+
+def test_sweep_analyze_later_rewrites_only_the_analysis_part(tmp_path):
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    spec, plan = spec_and_plan(name="notes-refresh")
+    parent = start_sweep_run(uri, spec.name, tags={"sweep": spec.name}, params={})
+    keys = [t.key for t in plan.trials]
+    notes.describe_sweep(uri, spec, plan, storage="/s", parent_run_id=parent, finished=keys)
+    client = MlflowClient(uri)
+    before = client.get_run(parent).data.tags[NOTE_TAG]
+    assert "not logged yet; `sweep analyze notes-refresh`" in before
+
+    figure = tmp_path / "fig6_normalized_auprc.png"
+    figure.write_bytes(b"\x89PNG\r\n\x1a\n")
+    client.log_artifact(parent, str(figure), "analysis/figures")
+    notes.refresh_analysis(uri, spec.name, parent)
+    after = client.get_run(parent).data.tags[NOTE_TAG]
+    head = before[: before.index(notes.ANALYSIS_MARK)]
+    assert after.startswith(head) and "**12 of 12 trials finished**" in after
+    assert "not logged yet" not in after and "[report.md](" in after
+    assert "![fig6_normalized_auprc.png](get-artifact?" in after
+    experiment_note = client.get_experiment_by_name(spec.name).tags[NOTE_TAG]
+    assert "[fig6_normalized_auprc.png](" in experiment_note and "![" not in experiment_note
+
+    bare = start_sweep_run(uri, "notes-bare", tags={}, params={})  # no note: left without one
+    notes.refresh_analysis(uri, "notes-bare", bare)
+    assert NOTE_TAG not in client.get_run(bare).data.tags
