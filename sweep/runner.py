@@ -404,7 +404,10 @@ def _describe(spec, plan, store, uri: str, run_id: str, outcome: SweepOutcome | 
     from sweep.notes import describe_sweep
 
     done = {} if outcome is None else {"finished": outcome.finished, "failed": outcome.failed}
-    describe_sweep(uri, spec, plan, storage=store.storage_uri, parent_run_id=run_id, **done)
+    try:
+        describe_sweep(uri, spec, plan, storage=store.storage_uri, parent_run_id=run_id, **done)
+    except Exception as exc:  # descriptions are for reading: never fail a sweep over them
+        print(f"warning: MLflow descriptions of {spec.name} not written: {exc}", file=sys.stderr)
 
 
 def _finish_parent_run(uri: str, run_id: str | None, *, ok: bool) -> None:

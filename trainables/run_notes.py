@@ -53,8 +53,10 @@ def trial_note(
     """The run's description (Markdown, one paragraph). ``result`` is the loop's RunResult (None
     when the run did not finish); ``error`` what ended it, if anything did."""
     split = "holdout split" if config.fold == "holdout" else f"fold {config.fold[1:]}"
+    # A search sample runs under its own key (the grid key plus a hash of its sampled values).
+    key = (config.tracking.tags.get("trial_key") if config.tracking else None) or config.trial_key
     lines = [
-        f"**{config.trial_key}**: {_ARCH_WORDS.get(config.arch, config.arch)} at scale "
+        f"**{key}**: {_ARCH_WORDS.get(config.arch, config.arch)} at scale "
         f"`{config.scale}`, trained with {recipe_in_words(config.recipe)}, seed {config.seed}, "
         f"{split} (split seed {config.split_seed}), {_data_words(config)}."
     ]
