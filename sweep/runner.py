@@ -453,6 +453,6 @@ def print_outcome(outcome: SweepOutcome, out=sys.stdout) -> None:
     for key in outcome.failed:
         print(f"  not finished: {key}", file=out)
     print(f"storage:  {outcome.storage}", file=out)
-    print(f"tracking: {outcome.tracking_uri}  (open the UI with: sweep ui)", file=out)
+    print(f"tracking: {outcome.tracking_uri}  (browse it: sweep ui {outcome.name})", file=out)
     if outcome.report:
         print(f"report:   {outcome.report}", file=out)
