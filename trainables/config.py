@@ -93,6 +93,11 @@ class TrackingConfig(_Frozen):
     # MLflow's system metrics (CPU, memory; GPU with the `gpu` extra): "auto" = on CUDA only
     system_metrics: bool | Literal["auto"] = "auto"
     system_metrics_interval_s: float = Field(10.0, gt=0)
+    # How long a trial's end waits for an unreachable MLflow; what is still undelivered then is
+    # copied to `outbox` (the sweep's storage: trainables.outbox), or stays in the checkpoint.
+    finish_timeout_s: float = Field(60.0, ge=0)
+    outbox: str | None = None
+    outbox_endpoint: str | None = None  # s3 endpoint of the outbox (MinIO), if any
 
 
 class TestHooks(_Frozen):
