@@ -7,15 +7,14 @@ probabilities, nothing rounded. This module computes exactly that number:
     auprc(probs, target) == average_precision_score(target.ravel(), probs.ravel())
 
 bit for bit on the same float32 probabilities (tests: ties, near-ties below fp16 resolution,
-saturated 1.0, one positive in 10^6, all positive, tiny images), and likewise `roc_auc_score`
-and `precision_recall_curve`.
+saturated 1.0, subnormals, one positive in 10^6, all positive, tiny images); ROC-AUC and the PR
+curve too (ROC-AUC to ~1e-16, the PR points bit for bit).
 
 How. Each pixel is packed into one int32 key, `(float32 bit pattern << 1) | label`: for
 non-negative floats the bit pattern orders like the value, so sorting the keys sorts the pixels by
-probability, negatives before positives within a tie (and the shift drops the sign bit, folding
--0.0 into +0.0). One sort and one run-length pass give the m distinct probabilities
-v_0 < ... < v_{m-1} with their negative and positive pixel counts n_j, p_j (`ScoreCounts`), and
-every ranking metric is a function of those counts:
+probability, negatives before positives within a tie (the shift drops the sign bit, folding -0.0
+into +0.0). With v_0 < ... < v_{m-1} the m distinct probabilities and n_j, p_j the negative and
+positive pixels scoring exactly v_j::
 
     TP_j = sum_{i >= j} p_i,   FP_j = sum_{i >= j} n_i           (pixels scoring >= v_j)
     P_j = TP_j / (TP_j + FP_j),   R_j = TP_j / TP_0,   R_m = 0
@@ -23,31 +22,39 @@ every ranking metric is a function of those counts:
 
 That is scikit-learn's arithmetic term for term: `_binary_clf_curve` keeps one point per distinct
 score (the last index of each run of ties), `precision_recall_curve` reverses its arrays into the
-ascending order j used here, precision, recall and their differences are the same correctly
-rounded float64 operations (on any device), and the final reduction is numpy's own `np.sum` over
-the same m-element array (zero where p_j = 0, so numpy's pairwise summation groups the terms as it
-does for scikit-learn). Only the non-zero terms (distinct values holding a positive) are computed
-on the device and copied to the host. ROC-AUC likewise: `roc_curve(drop_intermediate=True)` keeps
-point j iff a second difference of FP or TP is non-zero, i.e. iff (n_j, p_j) differs from its
-neighbour's; only those points go to the host, through the same `trapezoid`.
+ascending order j used here, precision, recall and their difference are the same correctly
+rounded float64 operations, and the final reduction is numpy's own `np.sum` over the same
+m-element array (zero where p_j = 0, so numpy's pairwise summation groups the terms exactly as for
+scikit-learn). Only the terms with p_j > 0 are non-zero, and only they need counts: after the
+sort, one pass finds the runs of positive keys (a run per distinct value holding a positive); for
+each, the run of negatives of the same value sits just before it (a binary search for key - 1),
+TP and FP follow from positions in the sorted order, and its rank j among the m distinct values
+is the number of runs starting below it (one `reduceat` over the run-start flags) less the
+positive runs below that share a value with negatives. So the pass touches the sorted keys with
+byte-sized temporaries only, and keeps one row per positive-holding value (`SplitCounts`).
 
-Why a sort. The previous version counted float16-rounded probabilities in 15,361 bins, which is
-fast but is not the metric: every logit above ~8.3 rounds to 1.0 and ties, and AP moved by up to
--0.074 on wide logit distributions. An exact count needs the whole 32-bit pattern, and on a
-trained model's output nearly every pixel is distinct at float32 (15.0 M distinct values among the
-benchmark's 26.2 M pixels), so a two-level count (coarse buckets on the high bits, an exact pass
-inside busy buckets) does the work of a sort anyway, with more code. Measured on 26.2 M keys, 2
-CPU cores (bench.bench_metrics): numpy's in-place SIMD sort 0.1-0.3 s, `torch.sort` 0.8 s,
-`torch.unique` 1.9 s; scikit-learn's whole `average_precision_score` 11-21 s. So the CPU path sorts
-with numpy (in place, no index array); other devices use `torch.unique(sorted=True,
-return_counts=True)`, a radix sort on CUDA that returns the counts and allocates no index array.
+ROC-AUC is the Mann-Whitney statistic, sum over positives of (negatives below + half the negatives
+tied) / (P N), in integers until one division: exactly the area under scikit-learn's ROC curve
+(trapezoids over tied scores), which scikit-learn sums in floating point (they agree to ~1e-16).
 
-Memory: 4 bytes per pixel are held between batches (105 MB for a 400-slice, 256 px split, on the
-probabilities' device). `counts()` then needs the concatenated keys, their sorted copy and the
-run-length arrays, 12-28 bytes per pixel at its peak; the metrics work on m-length arrays
-(at most 40 bytes per distinct value, freed as they go). For the 400-slice split that is about
-0.3 GB held transiently on the device when most pixels are distinct (`bench.bench_metrics` prints
-the figure for its split), the counts and the small results are all that is kept.
+Why a sort. The previous version counted float16-rounded probabilities in 15,361 bins: fast, but
+not the metric (every logit above ~8.3 rounds to 1.0 and ties; AP moved by -0.074 on wide logit
+distributions). An exact count needs the whole 32-bit pattern, and on a trained model's output
+nearly every pixel is distinct at float32 (15.0 M distinct values among the benchmark's 26.2 M
+pixels), so a two-level count (coarse buckets on the high bits, an exact pass inside busy
+buckets) does a sort's work anyway, with more code. Measured on these 26.2 M keys, 2 shared CPU
+cores: numpy's in-place SIMD sort 0.1-0.4 s, `torch.sort` 0.8 s, `torch.unique` 1.9 s, against
+11-20 s for scikit-learn's whole `average_precision_score`. So the CPU path sorts with numpy (in
+place, no index array); other devices use `torch.sort` (a radix sort on CUDA) and the same pass in
+torch (`count_sorted(numpy_sort=False)`, tested on CPU).
+
+Memory: 4 bytes per pixel held between batches (105 MB for a 400-slice, 256 px split) on the
+probabilities' device. `counts()` joins the batches into one tensor (another 4 B/pixel while the
+batches are freed) and sorts it. On CPU the sort is in place and the pass adds ~2 B/pixel of byte
+temporaries; on CUDA `torch.sort` returns a sorted copy and int64 indices (12 B/pixel) and the
+pass adds ~9 B/pixel: about 17 B/pixel at the peak, ~0.45 GB for the 400-slice split (estimated
+from the tensors allocated; no GPU was available to measure it). What is kept afterwards is small:
+one row per distinct value holding a positive, plus the sorted keys until the scores are dropped.
 
 Also from the same counts, with no further pass over pixels:
 - Dice, IoU, recall, precision at threshold 0.5 (a pixel is predicted positive when its float32
@@ -81,6 +88,7 @@ import torch
 from trainables.histogram import HIST_BINS, histogram_spikiness
 
 PR_CURVE_POINTS = 512
+_CHUNK = 1 << 20  # pixels per step of the CPU pass over the sorted keys (bounds its temporaries)
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)  # exactly representable in float32
 
 
@@ -127,7 +135,6 @@ class PixelScores:
 
     def __init__(self) -> None:
         self._keys: list[torch.Tensor] = []
-        self._sum: torch.Tensor | None = None  # float64 sum of the probabilities, on the device
         self._result: SplitMetrics | None = None
 
     @property
@@ -136,9 +143,7 @@ class PixelScores:
 
     def update(self, probs: torch.Tensor, target: torch.Tensor) -> None:
         """Add a batch: float32 probabilities in [0, 1] and a {0, 1} mask of the same shape."""
-        keys, total = pack(probs, target)
-        self._keys.append(keys)
-        self._sum = total if self._sum is None else self._sum + total.to(self._sum.device)
+        self._keys.append(pack(probs, target))
         self._result = None
 
     def merge(self, other: PixelScores) -> None:
@@ -146,8 +151,6 @@ class PixelScores:
             return
         device = self._keys[0].device if self._keys else other._keys[0].device
         self._keys += [k.to(device) for k in other._keys]
-        total = other._sum.to(device)
-        self._sum = total if self._sum is None else self._sum + total
         self._result = None
 
     def counts(self) -> SplitCounts:
@@ -156,7 +159,7 @@ class PixelScores:
             raise ValueError("no pixels accumulated: call update() first")
         keys = self._keys[0] if len(self._keys) == 1 else torch.cat(self._keys)
         self._keys = [keys]  # sorted in place below: still the same pixels, one tensor
-        return count_sorted(keys, float(self._sum))
+        return count_sorted(keys)
 
     def result(self) -> SplitMetrics:
         """Metrics, PR curve and histogram of everything accumulated (computed once)."""
@@ -168,9 +171,8 @@ class PixelScores:
         return self.result().metrics
 
 
-def pack(probs: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One int32 key per pixel, (float32 bits << 1) | label, and the float64 sum of the
-    probabilities, after checking both inputs."""
+def pack(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """One int32 key per pixel, (float32 bits << 1) | label, after checking both inputs."""
     if probs.shape != target.shape:
         raise ValueError(f"probs {tuple(probs.shape)} and target {tuple(target.shape)} differ")
     if probs.dtype not in _FLOATS:
@@ -187,15 +189,13 @@ def pack(probs: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch
         raise ValueError(
             f"probabilities must lie in [0, 1]; got values in [{low.item()}, {high.item()}]"
         )
-    if target.dtype == torch.bool:
-        label = target
-    else:
-        label = target != 0
-        if (label & (target != 1)).any():  # neither 0 nor 1 (NaN included)
+    if target.dtype != torch.bool:
+        t = target.float()
+        # t - t^2 is 0 exactly for t in {0, 1} (and non-zero or NaN for anything else).
+        if torch.addcmul(t, t, t, value=-1).any():
             raise ValueError("target must be a {0, 1} mask")
     # The shift drops the sign bit (-0.0 -> +0.0); bits of [0, 1] are < 2^30, so keys stay >= 0.
-    keys = (probs.view(torch.int32) << 1).bitwise_or_(label)
-    return keys, probs.sum(dtype=torch.float64)
+    return (probs.view(torch.int32) << 1).bitwise_or_(target.to(torch.int32))
 
 
 def _edge_keys(thresholds: np.ndarray) -> np.ndarray:
@@ -223,32 +223,29 @@ class _SortedRuns:
     runs_below: np.ndarray  # runs starting before value_start
     bin_starts: np.ndarray  # first pixel of each histogram bin
     half_start: int  # first pixel scoring >= 0.5
+    sum_probs: float  # of every probability, float64
 
 
 def _sorted_runs_numpy(keys: torch.Tensor) -> _SortedRuns:
     """CPU: numpy's in-place SIMD sort (3-8x faster than torch.sort there, no index array), then
-    byte-sized passes only: run starts, odd (positive) keys, one reduceat."""
+    passes over 1 M-pixel chunks, so every temporary stays a few MB."""
     a = keys.numpy()
     a.sort()
     n = a.size
-    run_start = np.empty(n, dtype=bool)
-    run_start[0] = True
-    np.not_equal(a[1:], a[:-1], out=run_start[1:])
     low_byte = a.view(np.uint8)[0 if sys.byteorder == "little" else 3 :: 4]
-    positive = np.flatnonzero(low_byte & 1)
-    group = np.flatnonzero(run_start[positive])  # positives that start a run
+    positive = np.concatenate(
+        [np.flatnonzero(low_byte[s : s + _CHUNK] & 1) + s for s in range(0, n, _CHUNK)]
+    )
+    starts_run = (positive == 0) | (a[positive] != a[np.maximum(positive - 1, 0)])
+    group = np.flatnonzero(starts_run)  # positives that start a run
     first = positive[group]
     end = np.r_[positive[group[1:] - 1], positive[-1:]] + 1 if group.size else first
     key = a[first]
     value_start = np.searchsorted(a, key - 1)  # its run of negatives starts there, if any
-    runs_below = np.zeros(first.size, dtype=np.int64)
-    if first.size:
-        between = np.add.reduceat(run_start, value_start, dtype=np.int64)[:-1]
-        below_first = np.count_nonzero(run_start[: value_start[0]])
-        runs_below = below_first + np.r_[0, np.cumsum(between)]
+    runs_below, runs, sum_probs = _chunked_pass(a, value_start)
     return _SortedRuns(
         pixels=n,
-        runs=int(np.count_nonzero(run_start)),
+        runs=runs,
         first=first,
         end=end,
         key=key,
@@ -256,7 +253,31 @@ def _sorted_runs_numpy(keys: torch.Tensor) -> _SortedRuns:
         runs_below=runs_below,
         bin_starts=np.searchsorted(a, _HIST_KEYS),
         half_start=int(np.searchsorted(a, _HALF_KEY)[0]),
+        sum_probs=sum_probs,
     )
+
+
+def _chunked_pass(a: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, int, float]:
+    """How many runs of equal keys start before each of the ascending `positions`, the number
+    of runs in all, and the float64 sum of every probability, chunk by chunk."""
+    below = np.empty(positions.size, dtype=np.int64)
+    total, sum_probs = 0, 0.0
+    for s in range(0, a.size, _CHUNK):
+        e = min(a.size, s + _CHUNK)
+        starts = np.empty(e - s, dtype=bool)
+        if s == 0:
+            starts[0] = True
+            np.not_equal(a[1:e], a[: e - 1], out=starts[1:])
+        else:
+            np.not_equal(a[s:e], a[s - 1 : e - 1], out=starts)
+        lo, hi = np.searchsorted(positions, [s, e])
+        if hi > lo:
+            seen = np.cumsum(starts, dtype=np.int64)  # run starts in [s, s + i]
+            offset = positions[lo:hi] - s
+            below[lo:hi] = total + np.where(offset > 0, seen[np.maximum(offset - 1, 0)], 0)
+        total += int(np.count_nonzero(starts))
+        sum_probs += float(np.sum((a[s:e] >> 1).view(np.float32), dtype=np.float64))
+    return below, total, sum_probs
 
 
 def _sorted_runs_torch(keys: torch.Tensor) -> _SortedRuns:
@@ -276,10 +297,11 @@ def _sorted_runs_torch(keys: torch.Tensor) -> _SortedRuns:
     edges = torch.from_numpy(np.r_[_HIST_KEYS, _HALF_KEY]).to(a.device)
     starts = torch.searchsorted(a, edges).cpu().numpy()
     host = [t.cpu().numpy() for t in (first, end, key, value_start, runs_below)]
-    return _SortedRuns(n, int(below[-1]), *host, starts[:-1], int(starts[-1]))
+    sum_probs = float((a >> 1).view(torch.float32).sum(dtype=torch.float64))
+    return _SortedRuns(n, int(below[-1]), *host, starts[:-1], int(starts[-1]), sum_probs)
 
 
-def _split_counts(r: _SortedRuns, sum_probs: float) -> SplitCounts:
+def _split_counts(r: _SortedRuns) -> SplitCounts:
     pos = (r.end - r.first).astype(np.int64)
     shared = r.value_start < r.first  # the value has negatives too: two runs, one value
     positives_before = np.cumsum(pos) - pos
@@ -288,7 +310,7 @@ def _split_counts(r: _SortedRuns, sum_probs: float) -> SplitCounts:
         pixels=r.pixels,
         positives=int(pos.sum()),
         distinct=r.runs - int(shared.sum()),
-        sum_probs=sum_probs,
+        sum_probs=r.sum_probs,
         histogram=histogram,
         positives_above_half=int(pos[r.first >= r.half_start].sum()),
         pixels_above_half=r.pixels - r.half_start,
@@ -301,13 +323,13 @@ def _split_counts(r: _SortedRuns, sum_probs: float) -> SplitCounts:
     )
 
 
-def count_sorted(keys: torch.Tensor, sum_probs: float, *, numpy_sort: bool | None = None):
+def count_sorted(keys: torch.Tensor, *, numpy_sort: bool | None = None) -> SplitCounts:
     """Sort `keys` (in place on CPU) and count what the metrics need. `numpy_sort=False` runs the
     device path on CPU (tests)."""
     if numpy_sort is None:
         numpy_sort = keys.device.type == "cpu"
     runs = _sorted_runs_numpy(keys) if numpy_sort else _sorted_runs_torch(keys)
-    return _split_counts(runs, sum_probs)
+    return _split_counts(runs)
 
 
 def score_counts(probs: torch.Tensor, target: torch.Tensor) -> SplitCounts:
