@@ -29,9 +29,9 @@ scikit-learn). Only the terms with p_j > 0 are non-zero, and only they need coun
 sort, one pass finds the runs of positive keys (a run per distinct value holding a positive); for
 each, the run of negatives of the same value sits just before it (a binary search for key - 1),
 TP and FP follow from positions in the sorted order, and its rank j among the m distinct values
-is the number of runs starting below it (one `reduceat` over the run-start flags) less the
-positive runs below that share a value with negatives. So the pass touches the sorted keys with
-byte-sized temporaries only, and keeps one row per positive-holding value (`SplitCounts`).
+is the number of runs starting below it (counted chunk by chunk) less the positive runs below
+that share a value with negatives. So the pass walks the sorted keys in 1 M-pixel chunks with
+small temporaries, and keeps one row per positive-holding value (`SplitCounts`).
 
 ROC-AUC is the Mann-Whitney statistic, sum over positives of (negatives below + half the negatives
 tied) / (P N), in integers until one division: exactly the area under scikit-learn's ROC curve
@@ -44,17 +44,19 @@ nearly every pixel is distinct at float32 (15.0 M distinct values among the benc
 pixels), so a two-level count (coarse buckets on the high bits, an exact pass inside busy
 buckets) does a sort's work anyway, with more code. Measured on these 26.2 M keys, 2 shared CPU
 cores: numpy's in-place SIMD sort 0.1-0.4 s, `torch.sort` 0.8 s, `torch.unique` 1.9 s, against
-11-20 s for scikit-learn's whole `average_precision_score`. So the CPU path sorts with numpy (in
+11-34 s for scikit-learn's whole `average_precision_score`. So the CPU path sorts with numpy (in
 place, no index array); other devices use `torch.sort` (a radix sort on CUDA) and the same pass in
 torch (`count_sorted(numpy_sort=False)`, tested on CPU).
 
 Memory: 4 bytes per pixel held between batches (105 MB for a 400-slice, 256 px split) on the
 probabilities' device. `counts()` joins the batches into one tensor (another 4 B/pixel while the
-batches are freed) and sorts it. On CPU the sort is in place and the pass adds ~2 B/pixel of byte
-temporaries; on CUDA `torch.sort` returns a sorted copy and int64 indices (12 B/pixel) and the
-pass adds ~9 B/pixel: about 17 B/pixel at the peak, ~0.45 GB for the 400-slice split (estimated
-from the tensors allocated; no GPU was available to measure it). What is kept afterwards is small:
-one row per distinct value holding a positive, plus the sorted keys until the scores are dropped.
+batches are freed) and sorts it. On CPU the sort is in place and the chunked pass adds ~40 MB
+(measured by bench.bench_metrics: the positives' positions and one chunk's temporaries). On CUDA
+`torch.sort` returns a sorted copy and int64 indices (12 B/pixel) and the pass adds ~9 B/pixel
+(run-start flags, the odd-key mask, an int32 cumulative count): about 17 B/pixel at the peak,
+~0.45 GB for the 400-slice split (estimated from the tensors allocated; no GPU was available to
+measure it). What is kept afterwards is small: one row per distinct value holding a positive,
+plus the sorted keys until the scores are dropped.
 
 Also from the same counts, with no further pass over pixels:
 - Dice, IoU, recall, precision at threshold 0.5 (a pixel is predicted positive when its float32
