@@ -124,7 +124,8 @@ def test_a_baseline_without_the_metric_is_named_as_such():
         ]
     )
     result = A.analyze_table(runs, None, n_boot=50)
-    reasons = dict(zip(result.norm.excluded["trial_key"], result.norm.excluded["reason"]))
+    excluded = result.norm.excluded
+    reasons = dict(zip(excluded["trial_key"], excluded["reason"], strict=True))
     assert reasons == {
         "cnn-4m-nvfp4-s1-holdout": "baseline finished without test_auprc",
         "cnn-4m-nvfp4-s2-holdout": "no finished baseline run at this arch/scale/seed/fold",
