@@ -103,8 +103,9 @@ def main() -> None:
         f"memory: {held:.0f} MB held between batches (4 B/pixel); counts() on CPU joins the "
         f"batches (another {held:.0f} MB, sorted in place) and adds "
         f"{numpy_peak_mb(probs, masks):.0f} MB of numpy arrays at its peak; on CUDA "
-        f"(torch.sort values + int64 indices, then byte/int32 passes) ~17 B/pixel at the peak, "
-        f"{17 * pixels / 1e6:.0f} MB for this split (estimated, not measured: no GPU)"
+        f"(torch.sort's copy, int64 indices and radix scratch) 16-28 B/pixel at the peak, "
+        f"{16 * pixels / 1e6:.0f}-{28 * pixels / 1e6:.0f} MB for this split (estimated, not "
+        "measured: no GPU)"
     )
     if not ap_ours == ap_ref == ap_all:
         raise SystemExit("AUPRC differs from scikit-learn")

@@ -52,10 +52,11 @@ Memory: 4 bytes per pixel held between batches (105 MB for a 400-slice, 256 px s
 probabilities' device. `counts()` joins the batches into one tensor (another 4 B/pixel while the
 batches are freed) and sorts it. On CPU the sort is in place and the chunked pass adds ~40 MB
 (measured by bench.bench_metrics: the positives' positions and one chunk's temporaries). On CUDA
-`torch.sort` returns a sorted copy and int64 indices (12 B/pixel) and the pass adds ~9 B/pixel
-(run-start flags, the odd-key mask, an int32 cumulative count): about 17 B/pixel at the peak,
-~0.45 GB for the 400-slice split (estimated from the tensors allocated; no GPU was available to
-measure it). What is kept afterwards is small: one row per distinct value holding a positive,
+`torch.sort` returns a sorted copy and int64 indices (12 B/pixel) and its radix sort needs
+scratch of up to as much again, so the peak is 16-28 B/pixel with the keys, 0.4-0.75 GB for the
+400-slice split; the pass after it needs ~17 B/pixel (run-start flags, the odd-key mask, an int32
+cumulative count). These are estimates from the tensors allocated: no GPU was available to
+measure them. What is kept afterwards is small: one row per distinct value holding a positive,
 plus the sorted keys until the scores are dropped.
 
 Also from the same counts, with no further pass over pixels:
