@@ -1,6 +1,7 @@
 """The paper's figures from a sweep's analysis, as PNG and PDF.
 
-- Fig 4: AUPRC vs scale, one panel per architecture, mean +- 95% t-CI per recipe.
+- Fig 4: AUPRC vs scale, one panel per architecture, mean +- 95% t-CI per recipe (each recipe
+  offset a little sideways, so intervals at one scale do not hide each other).
 - Fig 5: PR curves and prediction histograms at the smallest scale present, one run per
   (arch, recipe) (the lowest seed): attention discretization shows as staircase PR curves and
   spiky histograms. A PR curve is drawn as the step function whose area is the run's AP:
@@ -170,13 +171,15 @@ def fig4_auprc_vs_scale(analysis: Analysis, axes: dict[str, list[str]]) -> Figur
     for ax, arch in zip(panels[0], archs or [None], strict=False):
         _title(ax, arch or "no runs")
         cells = summary[summary["arch"] == arch]
-        for recipe in recipes:
+        for k, recipe in enumerate(recipes):
             rows = cells[cells["recipe"] == recipe].sort_values("scale", key=lambda s: s.map(x_of))
             if rows.empty:
                 continue
             err = np.vstack([rows["mean"] - rows["ci95_lo"], rows["ci95_hi"] - rows["mean"]])
+            # A small sideways offset per recipe, so intervals at one scale do not hide each other.
+            dodge = 0.3 * (k / max(len(recipes) - 1, 1) - 0.5) if len(recipes) > 1 else 0.0
             ax.errorbar(
-                rows["scale"].map(x_of),
+                rows["scale"].map(x_of) + dodge,
                 rows["mean"],
                 yerr=np.nan_to_num(err),
                 marker="o",
