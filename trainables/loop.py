@@ -64,7 +64,7 @@ from trainables.checkpoint import (
 from trainables.config import TrialConfig
 from trainables.failures import FAILURE_TAGS, NonFiniteLoss, record_failure
 from trainables.losses import SegmentationLoss
-from trainables.metrics import PixelHistogram, pr_curve_points, prediction_histogram
+from trainables.metrics import PixelScores, SplitMetrics
 
 #: Per-epoch keys that measure time, not results (left out of exactness comparisons).
 TIMING_KEYS = frozenset({"epoch_time_s"})
@@ -368,10 +368,10 @@ class TrainingRun:
         return {"train_loss": train[0], "train_bce": train[1], "train_tversky": train[2]}
 
     @torch.no_grad()
-    def evaluate(self, dataset) -> tuple[dict[str, float], PixelHistogram]:
-        """Loss terms and the pixel histogram of `dataset` under the current weights."""
+    def evaluate(self, dataset) -> tuple[dict[str, float], PixelScores]:
+        """Loss terms and the pixel scores of `dataset` under the current weights."""
         self.model.eval()
-        hist, sums, seen = PixelHistogram(), np.zeros(3), 0
+        hist, sums, seen = PixelScores(), np.zeros(3), 0
         for x, y in self._loader(dataset, shuffle=False, epoch=0):
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)
@@ -451,8 +451,8 @@ class TrainingRun:
         for split in ("val", "test"):
             losses, hist = self.evaluate(getattr(self.data, split))
             final.update({f"{split}_{k}": float(v) for k, v in losses.items()})
-            final.update({f"{split}_{k}": float(v) for k, v in hist.compute().items()})
-            curves[split] = hist.negatives_positives()
+            curves[split] = hist.result()
+            final.update({f"{split}_{k}": float(v) for k, v in curves[split].metrics.items()})
         paths = write_artifacts(self, curves)
         self.final_metrics = final
         self.save()
@@ -622,22 +622,17 @@ def _close_tracking(tracker, config: TrialConfig, status: str, result, error, mo
 # curve is downsampled to <= 512 points and the histogram has 100 bins.
 
 
-def write_artifacts(
-    run: TrainingRun, curves: dict[str, tuple[np.ndarray, np.ndarray]]
-) -> list[Path]:
+def write_artifacts(run: TrainingRun, curves: dict[str, SplitMetrics]) -> list[Path]:
     """config.json, history.json, pr_curve[_val].json, pred_hist[_val].json (no suffix: test),
     two PNGs, the quantization-error table, and the best weights when tracking asks for them."""
     out = run.artifacts_dir
     out.mkdir(parents=True, exist_ok=True)
     paths = [run.config.save(out / "config.json"), _write_json(out / "history.json", run.history)]
     figure_data = {}
-    for split, (neg, pos) in curves.items():
+    for split, result in curves.items():
         suffix = "" if split == "test" else f"_{split}"
-        edges, counts = prediction_histogram(neg, pos)
-        hist = {"split": split, "bin_edges": edges.tolist(), "counts": counts.tolist()}
-        pr = {"split": split, "precision": [], "recall": []}
-        if pos.sum() > 0:
-            pr.update(pr_curve_points(neg, pos))
+        hist = {"split": split, **result.histogram}
+        pr = {"split": split, **result.pr_curve}
         paths.append(_write_json(out / f"pr_curve{suffix}.json", pr))
         paths.append(_write_json(out / f"pred_hist{suffix}.json", hist))
         figure_data[split] = (pr, hist)
