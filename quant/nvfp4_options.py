@@ -41,49 +41,53 @@ def check_options(
     amax_given: bool,
     what: str,
 ) -> None:
-    """Raise ValueError naming the option and the rule when TE would refuse the combination."""
+    """Raise ValueError naming the option and the rule when TE would refuse the combination.
+
+    `what` prefixes the message (the function or slot); empty for none.
+    """
+    where = f"{what}: " if what else ""
     if four_over_six is not None and four_over_six not in FOUR_OVER_SIX_MODES:
         raise ValueError(
-            f"{what}: four_over_six must be None, 'mae' or 'mse', got {four_over_six!r}"
+            f"{where}four_over_six must be None, 'mae' or 'mse', got {four_over_six!r}"
         )
     if not isinstance(four_over_six_fast, bool):
-        raise TypeError(f"{what}: four_over_six_fast must be a bool, got {four_over_six_fast!r}")
+        raise TypeError(f"{where}four_over_six_fast must be a bool, got {four_over_six_fast!r}")
     if not isinstance(row_scaled, bool):
-        raise TypeError(f"{what}: row_scaled must be a bool, got {row_scaled!r}")
+        raise TypeError(f"{where}row_scaled must be a bool, got {row_scaled!r}")
     if e4m3_max not in E4M3_MAXES or isinstance(e4m3_max, bool):
-        raise ValueError(f"{what}: e4m3_max must be 448 or 256, got {e4m3_max!r}")
+        raise ValueError(f"{where}e4m3_max must be 448 or 256, got {e4m3_max!r}")
     if four_over_six is None:
         if four_over_six_fast:
             raise ValueError(
-                f"{what}: four_over_six_fast=True selects 4over6's fast error path; it needs "
+                f"{where}four_over_six_fast=True selects 4over6's fast error path; it needs "
                 "four_over_six='mae' or 'mse'"
             )
         if e4m3_max != 448:
             raise ValueError(
-                f"{what}: e4m3_max={e4m3_max} applies to 4over6 tensors only; Transformer "
+                f"{where}e4m3_max={e4m3_max} applies to 4over6 tensors only; Transformer "
                 "Engine quantizes every other tensor with E = 448"
             )
     else:
         if rht:
             raise ValueError(
-                f"{what}: four_over_six with rht=True is refused, as Transformer Engine refuses "
+                f"{where}four_over_six with rht=True is refused, as Transformer Engine refuses "
                 "it (4over6 with the RHT is not implemented there)"
             )
         if stochastic:
             raise ValueError(
-                f"{what}: four_over_six with stochastic rounding is refused, as Transformer "
+                f"{where}four_over_six with stochastic rounding is refused, as Transformer "
                 "Engine refuses it (the 4over6 kernel rounds to nearest)"
             )
     if row_scaled:
         if tuple(block) != (1, 16):
-            raise ValueError(f"{what}: row_scaled=True needs block=(1, 16), got {tuple(block)}")
+            raise ValueError(f"{where}row_scaled=True needs block=(1, 16), got {tuple(block)}")
         if rht:
-            raise ValueError(f"{what}: row_scaled=True with rht=True is refused (as in TE)")
+            raise ValueError(f"{where}row_scaled=True with rht=True is refused (as in TE)")
         if stochastic:
             raise ValueError(
-                f"{what}: row_scaled=True with stochastic rounding is refused (as in TE)"
+                f"{where}row_scaled=True with stochastic rounding is refused (as in TE)"
             )
         if amax_given:
             raise ValueError(
-                f"{what}: amax= is one tensor scale, but row_scaled=True takes one per row"
+                f"{where}amax= is one tensor scale, but row_scaled=True takes one per row"
             )

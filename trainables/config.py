@@ -10,11 +10,19 @@ checkpoint, and never mutated. Two numbers identify it:
   can change a result. Two configs with the same hash must train to the same weights on the same
   device; anything else is a different experiment and the sweep ledger must not mix them.
 
-Result-affecting (hashed): the grid point (arch, scale, recipe, seed, fold), the data (split seed,
+Result-affecting (hashed): the grid point (arch, scale, recipe, seed, fold) with the recipe's full
+definition (`recipe_definition`, `quant.recipes.Recipe.to_dict()`: a recipe declared in a sweep
+spec exists nowhere else, and a built-in's settings are pinned with the run), the data (split seed,
 number of folds, the dataset path and version string, or the synthetic dataset's parameters; the
 image size; augmentation on/off), the whole protocol (epochs, batch size, optimizer, lr, weight
 decay, gradient clipping, plateau scheduler, early stopping, loss weights and Tversky parameters,
-logit clamp, precision), the model overrides, and the code version (package version + git sha).
+logit clamp, precision, backend), the model overrides, and the code version (package version +
+git sha).
+
+`backend` is "emulated" (quant.prepare: every layer kind, every recipe, any device) or "te"
+(Transformer Engine on a Blackwell GPU: ViT/Swin Linear layers through transformer_engine.pytorch,
+quant.te). A trial TE cannot run exactly (a convolution it would quantize, a recipe its
+NVFP4BlockScaling cannot express) is refused here, when the sweep is planned, with the reason.
 
 Not result-affecting (excluded from the hash, listed in `NOT_HASHED`): `num_workers` (augmentation
 is seeded per (seed, epoch, sample), so the number of loader processes cannot change a sample),
@@ -107,6 +115,7 @@ class TrialConfig(_Frozen):
     arch: Literal["cnn", "vit_adamw", "vit_adamax", "swin"]
     scale: str
     recipe: str
+    recipe_definition: dict[str, Any] | None = None  # filled from the registry when left out
     seed: int = Field(ge=0)
     fold: str = "holdout"
 
@@ -138,6 +147,7 @@ class TrialConfig(_Frozen):
     tversky_smooth: float = Field(1e-5, gt=0)
     logit_clamp: float = Field(20.0, gt=0)  # BCE sees logits clamped to [-c, c]
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    backend: Literal["emulated", "te"] = "emulated"
     model_overrides: dict[str, Any] = {}
     code_version: str = Field(default_factory=lambda: code_version())
 
@@ -180,15 +190,36 @@ class TrialConfig(_Frozen):
                 raise ValueError(f"unknown scale {scale!r}; valid choices: {', '.join(valid)}")
         return scale
 
-    @field_validator("recipe")
+    @model_validator(mode="before")
     @classmethod
-    def _known_recipe(cls, recipe: str) -> str:
+    def _recipe_definition(cls, data: Any) -> Any:
+        """A registered recipe's definition is filled in; a given one must rebuild the recipe."""
+        if not isinstance(data, dict) or not isinstance(data.get("recipe"), str):
+            return data  # the field validators report a missing or bad recipe
         import quant
+        from quant.recipes import Recipe
 
-        valid = list(quant.list_recipes())
-        if recipe not in valid:
-            raise ValueError(f"unknown recipe {recipe!r}; valid choices: {', '.join(valid)}")
-        return recipe
+        name, definition = data["recipe"], data.get("recipe_definition")
+        if definition is None:
+            valid = quant.list_recipes()
+            if name not in valid:
+                raise ValueError(
+                    f"recipe: unknown recipe {name!r}; valid choices: {', '.join(valid)} "
+                    "(or give its recipe_definition)"
+                )
+            return {**data, "recipe_definition": quant.get_recipe(name).to_dict()}
+        try:
+            recipe = Recipe.from_dict(definition)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"recipe_definition: {err}") from None
+        if recipe.name != name:
+            raise ValueError(f"recipe_definition is of recipe {recipe.name!r}, not {name!r}")
+        if name in quant.list_recipes() and recipe != quant.get_recipe(name):
+            raise ValueError(
+                f"recipe_definition differs from the built-in recipe {name!r}; declare a "
+                "recipe with its own name instead"
+            )
+        return {**data, "recipe_definition": recipe.to_dict()}
 
     @field_validator("data_path")
     @classmethod
@@ -212,7 +243,31 @@ class TrialConfig(_Frozen):
         valid_folds = ["holdout", *(f"f{i}" for i in range(self.n_folds))]
         if self.fold not in valid_folds:
             raise ValueError(f"fold {self.fold!r} is not one of {', '.join(valid_folds)}")
+        self._check_backend()
         return self
+
+    def _check_backend(self) -> None:
+        """Refuse, at plan time, what a backend cannot run (the reason is TE's or the layer's)."""
+        from quant.recipes import SLOTS
+        from quant.te import check_te_trial
+
+        recipe = self.recipe_object()
+        if not recipe.quantized:
+            return
+        kinds = quantized_layer_kinds(self.model_arch)
+        if self.backend == "te":
+            check_te_trial(recipe, kinds, what=self.arch)
+        elif "conv" in kinds and any(recipe.operand(*slot).row_scaled for slot in SLOTS):
+            raise ValueError(
+                f"recipe {recipe.name!r} has row-scaled operands, defined for Linear layers "
+                f"only, but {self.arch} quantizes convolutions (an im2col row mixes pixels)"
+            )
+
+    def recipe_object(self):
+        """The trial's quant.recipes.Recipe, rebuilt from `recipe_definition`."""
+        from quant.recipes import Recipe
+
+        return Recipe.from_dict(self.recipe_definition)
 
     # ------------------------------------------------------------------ identity
 
@@ -281,6 +336,19 @@ class TrialConfig(_Frozen):
     def replace(self, **changes: Any) -> TrialConfig:
         """A validated copy with some fields changed."""
         return type(self).from_fields({**self.to_dict(), **changes})
+
+
+@functools.cache
+def quantized_layer_kinds(model_arch: str) -> frozenset[str]:
+    """{"linear", "conv"}: the kinds of layer a recipe quantizes in `model_arch` (any scale)."""
+    import models
+    from models.layers import quantized_layers
+    from torch import nn
+
+    model = models.build_model(model_arch, models.list_scales(model_arch)[0])
+    return frozenset(
+        "linear" if isinstance(m, nn.Linear) else "conv" for m in quantized_layers(model).values()
+    )
 
 
 def _describe(err: ValidationError, source: str) -> str:
