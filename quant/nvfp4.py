@@ -60,11 +60,9 @@ takes the block amaxes (rotating first for the RHT), pass 2 encodes, rounds and 
 both run over chunks of rows sized to the L2 cache (`_CHUNK_ELEMENTS`) with small reused scratch:
 the chain of element-wise ops on a chunk then stays in cache. `fake_quantize` writes the
 rotation (or an fp32 copy of a bf16 input) into its own output buffer and works in place there,
-so it allocates nothing tensor-sized beyond its result. The scalar chain of step 2 runs on
-Python floats after the one host sync (the amax, also the finiteness check), each operation
-rounded to fp32 exactly as the tensor ops would. A transposed fp32 matrix (x.t() contiguous, the
-layout of W^T, dY^T and X^T in DGRAD/WGRAD) is quantized in its own memory layout, blocks
-running down its columns, and returned transposed: no transposing copies.
+so it allocates nothing tensor-sized beyond its result. A transposed fp32 matrix (x.t()
+contiguous, the layout of W^T, dY^T and X^T in DGRAD/WGRAD) is quantized in its own memory
+layout, blocks running down its columns, and returned transposed: no transposing copies.
 
 Random Hadamard transform and stochastic rounding (NVFP4.md s3)
 ---------------------------------------------------------------
@@ -84,11 +82,21 @@ none is given), drawn in x's row-major order, so a seeded run is reproducible an
 depend on chunking or layout. One byte costs about 1/8 of a `torch.rand` float on CPU.
 `stochastic_bits` and `stochastic_thresholds` hand the same decisions to quant/reference.py.
 
+The scale chain stays on the device
+-----------------------------------
+Steps 2-4 are small tensor functions (`tensor_scales`, `block_scales`, `encode_factors`) on the
+device-side amax: nothing is read back to the host, so a quantized training step never waits for
+the GPU and torch.compile sees one graph. They broadcast, so a per-row amax vector (one S_enc per
+row) or a second candidate scale goes through the same functions.
+
 Inputs and errors
 -----------------
 fp32, bf16 and fp16 inputs are computed in fp32. A blocked dimension that is not a multiple of
-16, a non-floating dtype, an empty tensor and non-finite values (NaN/inf would poison the tensor
-amax) raise errors that say what is wrong.
+16, a non-floating dtype and an empty tensor raise errors that say what is wrong. Non-finite
+values (NaN/inf would poison the tensor amax) raise too when the quantizer is called directly;
+inside a training step they are recorded in a device-side flag instead (`FiniteCheck`,
+`deferred`) that the loop reads once per step with the loss, and the operand's decoded blocks
+become NaN, so nothing downstream can mistake them for finite values.
 
 FP32-subnormal inputs (the golden `fp32sub` case): when a is an fp32 subnormal, 2688 / a
 overflows and S_enc is clamped to FLT_MAX, so the block scales and encode factors lose their
@@ -102,7 +110,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import struct
 from dataclasses import dataclass
 
 import torch
@@ -249,6 +256,61 @@ def _raise_non_finite(x: torch.Tensor, what: str) -> None:
     )
 
 
+# --------------------------------------------------------------------------- non-finite operands
+
+
+class FiniteCheck:
+    """A device-side record of non-finite operands, read once per training step.
+
+    A NaN or inf element makes the tensor amax non-finite (and the operand's decoded blocks
+    NaN, see `_poisoned`). Called directly, the quantizers raise at once, which costs a host
+    synchronization per call; inside a training step that would stall the GPU's launch queue
+    once per operand. Under `deferred(check)` they instead OR "this amax was not finite" into
+    `check.flag`, a bool tensor on the device, and the training loop reads it together with
+    the loss in one transfer (`failed`). So does torch.compile'd code (`deferred` around the
+    compiled call; compiled code cannot raise on a device value without a sync).
+    """
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.flag = torch.zeros((), dtype=torch.bool, device=device)
+
+    def record(self, bad: torch.Tensor) -> None:
+        """OR a bool tensor (any shape) into the flag, on the device."""
+        self.flag.logical_or_(bad.any())
+
+    def reset(self) -> None:
+        self.flag.zero_()
+
+
+_DEFERRED: FiniteCheck | None = None
+"""The check that quantizers record into instead of raising; module-global rather than
+thread-local because the CUDA backward runs on autograd's device thread."""
+
+
+@contextlib.contextmanager
+def deferred(check: FiniteCheck):
+    """Quantizers called inside record non-finite operands into `check` instead of raising."""
+    global _DEFERRED
+    previous, _DEFERRED = _DEFERRED, check
+    try:
+        yield check
+    finally:
+        _DEFERRED = previous
+
+
+def check_finite(amax: torch.Tensor, what: str, x: torch.Tensor | None) -> None:
+    """Fail on a non-finite (or negative) amax: recorded on the device under `deferred` or
+    while compiling, else raised here (one host sync). x: the tensor it is the amax of, to
+    count its bad values; None for an amax given by the caller."""
+    bad = ~(torch.isfinite(amax) & (amax >= 0))
+    if _DEFERRED is not None:
+        _DEFERRED.record(bad)
+    elif not torch.compiler.is_compiling() and bool(bad):
+        if x is None:
+            raise ValueError(f"{what}: amax must be finite and >= 0, got {amax.item()}")
+        _raise_non_finite(x, what)
+
+
 # --------------------------------------------------------------------------- the element codec
 
 
@@ -378,54 +440,51 @@ def _chunk_amax(chunk: torch.Tensor, work: _Work, out: torch.Tensor) -> torch.Te
 # --------------------------------------------------------------------------- scales
 
 
-def _fl(value: float) -> float:
-    """Round a Python float to the nearest fp32 (ties to even); overflow gives FLT_MAX.
-
-    A single +, -, *, / of two fp32 values done in double and rounded once to fp32 is the
-    correctly rounded fp32 result (53 >= 2 * 24 + 2 bits), so step 2's scalar chain can run
-    in Python floats, exactly as in fp32 tensors, without a dozen tiny tensor ops.
-    """
-    try:
-        return struct.unpack("<f", struct.pack("<f", value))[0]
-    except OverflowError:  # rounds to inf in fp32; step 2 then takes min(., FLT_MAX)
-        return FLT_MAX
-
-
-_ONE_SIXTH = _fl(1.0 / 6.0)
-
-
-def _scalar_scales(a: float) -> tuple[float, float, float]:
-    """Step 2 and step 3's folded factor on the fp32 amax a: (S_enc, S_dec, fl(S_enc * fl(1/6)))."""
-    s_enc = 1.0 if a == 0 else _fl(FP4_E4M3_MAX / a)
-    if s_enc == 0:
-        s_enc = 1.0
-    return s_enc, _fl(1.0 / s_enc), _fl(s_enc * _ONE_SIXTH)
-
-
 def tensor_scales(amax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Step 2: (S_enc, S_dec) from the tensor amax, as 0-d fp32 tensors."""
+    """Step 2: (S_enc, S_dec) from the tensor amax, as fp32 tensors of amax's shape.
+
+    Elementwise, so a vector of per-row amaxes gives per-row scales. The numerator is a tensor:
+    `2688.0 / t` with a Python numerator is a reciprocal and a multiply in PyTorch, not the
+    correctly rounded division TE does.
+    """
     c = _constants(amax.device)
     s_enc = torch.minimum(torch.div(c["numerator"], amax), c["flt_max"])
     s_enc = torch.where((amax == 0) | (s_enc == 0), c["one"], s_enc)
     return s_enc, torch.div(c["one"], s_enc)
 
 
-def block_scales(block_amax: torch.Tensor, s_enc: torch.Tensor | float) -> torch.Tensor:
+def block_scales(block_amax: torch.Tensor, s_enc: torch.Tensor) -> torch.Tensor:
     """Step 3: E4M3 decode scales (returned as exact fp32 values) from block amaxes.
 
-    s_enc: a 0-d fp32 tensor, or an fp32 value as a Python float (`_scalar_scales`).
+    s_enc: fp32, 0-d or broadcastable against block_amax (one value per row of blocks).
     """
-    if isinstance(s_enc, torch.Tensor):
-        folded = s_enc * _constants(s_enc.device)["one_sixth"]
-    else:  # a Python scalar multiplies an fp32 tensor in fp32
-        folded = _fl(s_enc * _ONE_SIXTH)
-    scaled = (block_amax * folded).clamp_(max=E4M3_MAX)
-    return scaled.to(torch.float8_e4m3fn).to(torch.float32)
+    folded = s_enc * _constants(s_enc.device)["one_sixth"]
+    return e4m3_round(block_amax * folded)
 
 
-def encode_factors(scales: torch.Tensor, s_dec: torch.Tensor | float) -> torch.Tensor:
-    """Step 4: e = min(1 / fl(s * S_dec), FLT_MAX); zero scales give FLT_MAX."""
-    return torch.div(_constants(scales.device)["one"], scales * s_dec).clamp_(max=FLT_MAX)
+def e4m3_round(scaled: torch.Tensor) -> torch.Tensor:
+    """Clamp to <= 448, then round to E4M3 (nearest even, subnormals kept), as exact fp32.
+
+    The explicit clamp: older torch versions turn out-of-range values into NaN, not 448.
+    """
+    return scaled.clamp(max=E4M3_MAX).to(torch.float8_e4m3fn).to(torch.float32)
+
+
+def encode_factors(scales: torch.Tensor, s_dec: torch.Tensor) -> torch.Tensor:
+    """Step 4: e = min(1 / fl(s * S_dec), FLT_MAX); zero scales give FLT_MAX.
+
+    s_dec: fp32, 0-d or broadcastable against scales. A true division, never a reciprocal
+    approximation (see quant.compile for the compiler settings that keep it so on GPUs).
+    """
+    return torch.div(_constants(scales.device)["one"], scales * s_dec).clamp(max=FLT_MAX)
+
+
+def _poisoned(scale: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:
+    """scale, or NaN when the tensor amax is not finite, so that every block scale, encode
+    factor and decoded block of such an operand is NaN: a NaN/inf input can never come out as
+    finite values, whether or not anyone reads the finiteness flag. amax * 0 is +0 for a
+    finite amax (adding it changes nothing) and NaN otherwise; no branch, no host sync."""
+    return scale + amax * 0
 
 
 def _dequant_factors(scales: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:
@@ -685,14 +744,13 @@ def _prepare(
             _chunk_amax(chunk, work, _part(block_amax, rows))
     b = block_amax.view(torch.float32)
     own_amax = b.amax()
-    a = own_amax.item()  # the one host sync; step 2 then runs on Python floats
-    if not math.isfinite(a):
-        _raise_non_finite(x, what)
+    check_finite(own_amax, what, x)
     if amax is not None:
-        own_amax = _given_amax(amax, x.device, what)
-        a = own_amax.item()
-    s_enc, s_dec, folded = _scalar_scales(a)
-    scales = (b * folded).clamp_(max=E4M3_MAX).to(torch.float8_e4m3fn).to(torch.float32)
+        given = _given_amax(amax, x.device, what)
+        own_amax = torch.maximum(given, own_amax * 0)  # given, but NaN if x is not finite
+    s_enc, s_dec = tensor_scales(own_amax)
+    s_enc, s_dec = _poisoned(s_enc, own_amax), _poisoned(s_dec, own_amax)
+    scales = block_scales(b, s_enc)
     factors = encode_factors(scales, s_dec)
     bits = None
     if transposed and rounding == "stochastic":
@@ -730,8 +788,7 @@ def _given_amax(amax, device: torch.device, what: str) -> torch.Tensor:
     if amax.numel() != 1:
         raise ValueError(f"{what}: amax must be a single number, got shape {tuple(amax.shape)}")
     amax = amax.reshape(())
-    if not (torch.isfinite(amax) & (amax >= 0)).item():
-        raise ValueError(f"{what}: amax must be finite and >= 0, got {amax.item()}")
+    check_finite(amax, what, None)
     return amax
 
 
