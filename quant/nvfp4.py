@@ -114,6 +114,8 @@ from dataclasses import dataclass
 
 import torch
 
+from quant.nvfp4_options import check_options
+
 FP4_MAX = 6.0
 E4M3_MAX = 448.0
 FP4_E4M3_MAX = FP4_MAX * E4M3_MAX  # 2688: the amax that maps onto the largest representable
@@ -149,6 +151,9 @@ def _constants(device: torch.device) -> dict[str, torch.Tensor]:
         "code_of_key": _code_of_key().to(device),
         "rht": _build_rht_matrix().to(device),
         "numerator": torch.tensor(FP4_E4M3_MAX, dtype=torch.float32, device=device),
+        "numerator_256": torch.tensor(FP4_MAX * 256, dtype=torch.float32, device=device),
+        "six": torch.tensor(FP4_MAX, dtype=torch.float32, device=device),
+        "inv_1536": torch.tensor(1.0 / (FP4_MAX * 256), dtype=torch.float32, device=device),
         "one": torch.tensor(1.0, dtype=torch.float32, device=device),
         "flt_max": torch.tensor(FLT_MAX, dtype=torch.float32, device=device),
         "one_sixth": torch.tensor(1.0 / 6.0, dtype=torch.float32, device=device),
@@ -440,15 +445,18 @@ def _chunk_amax(chunk: torch.Tensor, work: _Work, out: torch.Tensor) -> torch.Te
 # --------------------------------------------------------------------------- scales
 
 
-def tensor_scales(amax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def tensor_scales(amax: torch.Tensor, e4m3_max: int = 448) -> tuple[torch.Tensor, torch.Tensor]:
     """Step 2: (S_enc, S_dec) from the tensor amax, as fp32 tensors of amax's shape.
+
+    S_enc = 6E / amax with E = `e4m3_max` (448; 256 for a 4over6 tensor under TE's default).
 
     Elementwise, so a vector of per-row amaxes gives per-row scales. The numerator is a tensor:
     `2688.0 / t` with a Python numerator is a reciprocal and a multiply in PyTorch, not the
     correctly rounded division TE does.
     """
     c = _constants(amax.device)
-    s_enc = torch.minimum(torch.div(c["numerator"], amax), c["flt_max"])
+    numerator = c["numerator"] if e4m3_max == 448 else c["numerator_256"]
+    s_enc = torch.minimum(torch.div(numerator, amax), c["flt_max"])
     s_enc = torch.where((amax == 0) | (s_enc == 0), c["one"], s_enc)
     return s_enc, torch.div(c["one"], s_enc)
 
@@ -487,9 +495,10 @@ def _poisoned(scale: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:
     return scale + amax * 0
 
 
-def _dequant_factors(scales: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:
-    """Step 7's per-block factor fl(fl(s * a) * fl(1/2688))."""
-    return (scales * amax) * _constants(scales.device)["inv_2688"]
+def _dequant_factors(scales: torch.Tensor, amax: torch.Tensor, e4m3_max: int = 448):
+    """Step 7's per-block factor fl(fl(s * a) * fl(1/(6E))); a per-row amax broadcasts."""
+    inverse = _constants(scales.device)["inv_2688" if e4m3_max == 448 else "inv_1536"]
+    return (scales * amax) * inverse
 
 
 # --------------------------------------------------------------------------- RHT
@@ -545,8 +554,10 @@ class NVFP4Tensor:
     codes:  uint8, x's shape, one code (0..15) per element (use `pack()` for 2 per byte)
     scales: float32 holding exact E4M3 values; (*lead, N/16) for 1x16 blocks along the last
             dim, (*lead, M/16, N/16) for 16x16 tiles over the last two dims
-    amax:   0-d float32, the tensor amax a (after the RHT when `rotated`)
+    amax:   0-d float32, the tensor amax a (after the RHT when `rotated`); for a row-scaled
+            tensor one value per row, (*lead,)
     block:  (1, 16) or (16, 16); rotated: whether the codes encode rht(x) rather than x
+    e4m3_max: E of the tensor scale 6E / a (448; 256 for a 4over6 tensor with TE's default)
     """
 
     codes: torch.Tensor
@@ -554,6 +565,7 @@ class NVFP4Tensor:
     amax: torch.Tensor
     block: tuple[int, int] = BLOCK_1D
     rotated: bool = False
+    e4m3_max: int = 448
 
     @property
     def shape(self) -> torch.Size:
@@ -561,8 +573,9 @@ class NVFP4Tensor:
 
     @property
     def global_scale(self) -> torch.Tensor:
-        """fl(a * fl(1/2688)): the tensor-level decode factor of TE's dequantize formula."""
-        return self.amax * _constants(self.amax.device)["inv_2688"]
+        """fl(a * fl(1/(6E))): the tensor-level decode factor of TE's dequantize formula."""
+        key = "inv_2688" if self.e4m3_max == 448 else "inv_1536"
+        return self.amax * _constants(self.amax.device)[key]
 
     @property
     def scales_e4m3(self) -> torch.Tensor:
@@ -584,8 +597,11 @@ class NVFP4Tensor:
         return self._per_element(self.scales)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """value(code) * fl(fl(s * a) * fl(1/2688)): TE's dequantize kernel (NVFP4.md s2.7)."""
-        return self._per_element(_dequant_factors(self.scales, self.amax)).to(dtype)
+        """value(code) * fl(fl(s * a) * fl(1/(6E))): TE's dequantize kernel (NVFP4.md s2.7),
+        with the row's amax when row-scaled."""
+        amax = self.amax[..., None] if self.amax.dim() else self.amax
+        factors = _dequant_factors(self.scales, amax, self.e4m3_max)
+        return self._per_element(factors).to(dtype)
 
     def pack(self) -> torch.Tensor:
         """Two codes per byte along the last dim: element 2i in the low nibble (TE's layout)."""
@@ -599,15 +615,22 @@ class NVFP4Tensor:
         amax: torch.Tensor,
         block=BLOCK_1D,
         rotated: bool = False,
+        e4m3_max: int = 448,
     ) -> NVFP4Tensor:
         """Rebuild a tensor from `pack()`ed codes and its scales and amax."""
-        return cls(unpack_codes(packed), scales, amax, _normalize_block(block), rotated)
+        block = _normalize_block(block)
+        return cls(unpack_codes(packed), scales, amax, block, rotated, e4m3_max)
 
     def __repr__(self) -> str:
         return (
             f"NVFP4Tensor(shape={tuple(self.shape)}, block={self.block}, "
-            f"amax={float(self.amax):.6g}, rotated={self.rotated}, device={self.codes.device})"
+            f"amax={_describe_amax(self.amax)}, rotated={self.rotated}, "
+            f"e4m3_max={self.e4m3_max}, device={self.codes.device})"
         )
+
+
+def _describe_amax(amax: torch.Tensor) -> str:
+    return f"{float(amax):.6g}" if amax.dim() == 0 else f"<{amax.numel()} rows>"
 
 
 def pack_codes(codes: torch.Tensor) -> torch.Tensor:
@@ -668,6 +691,100 @@ def stochastic_thresholds(bits: torch.Tensor, values: torch.Tensor) -> torch.Ten
     return torch.nextafter(edge, torch.zeros_like(edge))
 
 
+# --------------------------------------------------------------------------- 4over6, row-scaled
+
+
+@dataclass(frozen=True)
+class ScaleOptions:
+    """TE 2.20's quantizer options (see the module docstring); the defaults are plain NVFP4."""
+
+    four_over_six: str | None = None
+    four_over_six_fast: bool = False
+    e4m3_max: int = 448
+    row_scaled: bool = False
+
+    def check(self, block, rounding: str, rht: bool, amax_given: bool, what: str) -> None:
+        check_options(
+            block=block,
+            stochastic=rounding == "stochastic",
+            rht=rht,
+            four_over_six=self.four_over_six,
+            four_over_six_fast=self.four_over_six_fast,
+            e4m3_max=self.e4m3_max,
+            row_scaled=self.row_scaled,
+            amax_given=amax_given,
+            what=what,
+        )
+
+
+def _row_amax(block_amax: torch.Tensor, transposed: bool) -> torch.Tensor:
+    """Per-row amax of x from its (T, C) block amaxes, shaped to broadcast against them: rows
+    are T ((T, 1)) for 1x16 blocks along x's last dim, C ((1, C)) in the transposed layout."""
+    return block_amax.amax(dim=0, keepdim=True) if transposed else block_amax.amax(1, True)
+
+
+def _four_over_six_scales(src, b, s_enc, s_dec, amax, opts: ScaleOptions):
+    """4over6: each block's (scale, encode factor), map-to-4 where its error is lower.
+
+    src: (T, r, C, w) what is quantized; b: (T, C) block (tile) amaxes; s_enc, s_dec, amax: 0-d,
+    or per row broadcasting against b. base = fl(fl(b / 6) * S_enc); the candidates are
+    e4m3(base) and e4m3(fl(base * 1.5)) (both clamped to 448).
+    """
+    base = torch.div(b, _constants(b.device)["six"]) * s_enc
+    candidates = []
+    for pre in (base, base * 1.5):
+        scale = e4m3_round(pre)
+        factor = encode_factors(scale, s_dec)
+        error = _candidate_error(src, scale, factor, s_enc, amax, opts)
+        candidates.append((scale, factor, error))
+    (s6, e6, err6), (s4, e4, err4) = candidates
+    four = err4 < err6  # strictly: ties (and NaN) go to map-to-6
+    return torch.where(four, s4, s6), torch.where(four, e4, e6)
+
+
+def _per_element_view(t: torch.Tensor) -> torch.Tensor:
+    """A (T, C)-broadcastable tensor viewed against (T, r, C, w); 0-d stays 0-d."""
+    return t if t.dim() == 0 else t.reshape(t.shape[0], 1, t.shape[1], 1)
+
+
+def _candidate_error(src, scale, factor, s_enc, amax, opts: ScaleOptions) -> torch.Tensor:
+    """(T, C): one candidate's error per block, summed as TE sums it (see the docstring).
+
+    exact: d = fl(fl(fl(val * s) * a) / fl(6E)) - x), a true division by 6E; fast: d =
+    val * s - fl(x * S_enc). MAE sums |d|, MSE fl(d * d), in element order from +0 per
+    16-element row segment; a 16x16 tile then adds its 16 row errors in a fixed tree.
+    """
+    c = _constants(src.device)
+    rounded = _round_nearest_(torch.mul(src, _per_element_view(factor)))
+    decoded = rounded.mul_(_per_element_view(scale))  # exact: <= 8 significant bits
+    if opts.four_over_six_fast:
+        d = decoded.sub_(src * _per_element_view(s_enc))
+    else:
+        denominator = c["numerator"] if opts.e4m3_max == 448 else c["numerator_256"]
+        d = decoded.mul_(_per_element_view(amax)).div_(denominator).sub_(src)
+    per_element = d.abs_() if opts.four_over_six == "mae" else d.mul_(d)
+    return _block_error(per_element)
+
+
+def _block_error(e: torch.Tensor) -> torch.Tensor:
+    """(T, r, C, w) element errors -> (T, C) block errors in TE's summation order."""
+    if e.shape[3] == 1:  # the transposed layout: a block's 16 elements run along dim 1
+        return _sum_in_order(e[:, :, :, 0].unbind(1))
+    rows = _sum_in_order(e.unbind(3))  # (T, r, C): each row segment in element order
+    while rows.shape[1] > 1:  # a tile: r_i = e_i + e_(i+8), then 4, 2, 1 (TE's warp tree)
+        half = rows.shape[1] // 2
+        rows = rows[:, :half] + rows[:, half:]
+    return rows[:, 0]
+
+
+def _sum_in_order(terms) -> torch.Tensor:
+    """fl(...fl(fl(0 + t0) + t1)... + t15): one rounding per add, in order (not torch.sum)."""
+    total = terms[0] + 0.0  # +0 + t0: a copy, and -0 becomes +0 as in TE
+    for term in terms[1:]:
+        total = total + term
+    return total
+
+
 # --------------------------------------------------------------------------- quantizers
 
 
@@ -716,7 +833,7 @@ def _blocked_input(x, block, rht_first, transposed: bool) -> torch.Tensor:
 
 
 def _prepare(
-    x, block, rounding, generator, rht_first, amax, what, staging, transposed=False
+    x, block, rounding, generator, rht_first, amax, what, staging, transposed=False, opts=None
 ) -> _Prepared:
     """Pass 1: (rotate,) block amax chunk by chunk, then the tensor and block scales.
 
@@ -726,6 +843,8 @@ def _prepare(
     its memory layout.
     """
     block = _check_args(x, block, rounding, generator, rht_first, what)
+    opts = opts or ScaleOptions()
+    opts.check(block, rounding, rht_first, amax is not None, what)
     xb = _blocked_input(x, block, rht_first, transposed)
     src = xb
     if rht_first or x.dtype != torch.float32:
@@ -748,10 +867,16 @@ def _prepare(
     if amax is not None:
         given = _given_amax(amax, x.device, what)
         own_amax = torch.maximum(given, own_amax * 0)  # given, but NaN if x is not finite
-    s_enc, s_dec = tensor_scales(own_amax)
+    scale_amax = _row_amax(b, transposed) if opts.row_scaled else own_amax
+    s_enc, s_dec = tensor_scales(scale_amax, opts.e4m3_max)
     s_enc, s_dec = _poisoned(s_enc, own_amax), _poisoned(s_dec, own_amax)
-    scales = block_scales(b, s_enc)
-    factors = encode_factors(scales, s_dec)
+    if opts.four_over_six is None:
+        scales = block_scales(b, s_enc)
+        factors = encode_factors(scales, s_dec)
+    else:
+        scales, factors = _four_over_six_scales(src, b, s_enc, s_dec, scale_amax, opts)
+    if opts.row_scaled:
+        own_amax = scale_amax.reshape(x.shape[:-1])
     bits = None
     if transposed and rounding == "stochastic":
         # SR bytes go to elements in x's row-major order whatever the layout, so a transposed
@@ -807,6 +932,10 @@ def quantize(
     rht: bool = False,
     *,
     amax: torch.Tensor | float | None = None,
+    four_over_six: str | None = None,
+    four_over_six_fast: bool = False,
+    e4m3_max: int = 448,
+    row_scaled: bool = False,
 ) -> NVFP4Tensor:
     """Quantize x to NVFP4 along its last dim (1x16) or over 16x16 tiles of its last two dims.
 
@@ -819,8 +948,15 @@ def quantize(
     slice of a larger tensor whose blocks are quantized with that tensor's scale (e.g. one
     kernel tap of an im2col); blocks are independent given the tensor scale, so the slice
     comes out exactly as inside the whole. It should be >= max|x| (else blocks saturate).
+
+    TE 2.20's options (section "4over6 and row-scaled amax" above; quant.nvfp4_options says
+    which combinations are refused): `four_over_six="mae" | "mse"` picks each block's scale
+    from the map-to-6 and map-to-4 candidates, `four_over_six_fast` with TE's fast error path;
+    `e4m3_max` is E in S_enc = 6E / a (256 only with 4over6); `row_scaled=True` scales each
+    row with its own amax, and `.amax` is then one value per row, shape x.shape[:-1].
     """
-    p = _prepare(x, block, rounding, generator, rht, amax, "quantize", staging=None)
+    opts = ScaleOptions(four_over_six, four_over_six_fast, e4m3_max, row_scaled)
+    p = _prepare(x, block, rounding, generator, rht, amax, "quantize", None, opts=opts)
     codes = torch.empty(p.src.shape, dtype=torch.uint8, device=x.device)
     for rows in p.chunks:
         src = _part(p.src, rows)
@@ -829,7 +965,7 @@ def quantize(
         torch.lt(v, 0, out=_part(codes, rows).view(torch.bool))
         _codes_from_rounded_(_round_chunk_(p, rows, v), _part(codes, rows))
     scales = p.scales.view(_scales_shape(x.shape, p.block))
-    return NVFP4Tensor(codes.view(x.shape), scales, p.amax, p.block, rht)
+    return NVFP4Tensor(codes.view(x.shape), scales, p.amax, p.block, rht, e4m3_max)
 
 
 @torch.no_grad()
@@ -841,6 +977,10 @@ def fake_quantize(
     rht: bool = False,
     *,
     amax: torch.Tensor | float | None = None,
+    four_over_six: str | None = None,
+    four_over_six_fast: bool = False,
+    e4m3_max: int = 448,
+    row_scaled: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The QAT hot path: (value(code) * s as float32 of x's shape, amax as a 0-d fp32 tensor).
 
@@ -848,13 +988,17 @@ def fake_quantize(
     of two such operands times alpha = a_A * a_B / (6*6*448*448) is the NVFP4 GEMM (NVFP4.md s4).
     `amax` as for `quantize`; the returned amax is then that one. Two passes over x, each chunk
     by chunk: block amax (rotating into the output buffer first for rht=True), then
-    encode, round and decode in place in the output.
+    encode, round and decode in place in the output. The TE 2.20 options as for `quantize`
+    (the amax is then one value per row when `row_scaled`).
     """
+    opts = ScaleOptions(four_over_six, four_over_six_fast, e4m3_max, row_scaled)
     transposed = _is_transposed(x, block, rht)
     shape = x.shape[::-1] if transposed else x.shape
     blocks = torch.empty(shape, dtype=torch.float32, device=x.device)
     staging = lambda shape: blocks.view(shape)  # noqa: E731
-    p = _prepare(x, block, rounding, generator, rht, amax, "fake_quantize", staging, transposed)
+    p = _prepare(
+        x, block, rounding, generator, rht, amax, "fake_quantize", staging, transposed, opts
+    )
     out = blocks.view(p.src.shape)
     for rows in p.chunks:
         v = torch.mul(_part(p.src, rows), _part(p.factors, rows), out=_part(out, rows))

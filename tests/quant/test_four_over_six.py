@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from quant import reference
+from quant import nvfp4, reference
 
 CASES = [
     "randn_64x128",
@@ -99,3 +99,28 @@ def test_reference_reproduces_every_golden_array(golden_4over6, case):
                 ref.amax,
                 block,
             )
+
+
+# --------------------------------------------------------------------------- the fast path
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_quantize_and_fake_quantize_reproduce_every_golden_array(golden_4over6, case):
+    """quantize in every mode, both directions; fake_quantize on the same inputs, including
+    the columnwise one as a transposed view (the layout DGRAD/WGRAD hand over, no copy)."""
+    for mode in golden_modes(golden_4over6, case):
+        block, options = mode_options(mode)
+        for suffix, x in golden_directions(golden_4over6, case, mode):
+            q = nvfp4.quantize(x, block, **options)
+            assert_golden(
+                golden_4over6, case, mode, suffix, q.codes, q.scales, q.scale_bits, q.amax, block
+            )
+            expected_amax_shape = x.shape[:-1] if options.get("row_scaled") else ()
+            assert q.amax.shape == expected_amax_shape
+            inputs = [x]
+            if suffix and x.dtype == torch.float32:
+                inputs.append(x.t().contiguous().t())  # x^T as a view: the transposed layout
+            for inp in inputs:
+                blocks, amax = nvfp4.fake_quantize(inp, block, **options)
+                assert torch.equal(blocks, q.decode_blocks()), (case, mode, suffix)
+                assert torch.equal(amax, q.amax)
