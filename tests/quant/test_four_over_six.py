@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from quant import nvfp4, reference
+from tests.quant.test_reference_vs_fast import _sample
 
 CASES = [
     "randn_64x128",
@@ -124,3 +125,124 @@ def test_quantize_and_fake_quantize_reproduce_every_golden_array(golden_4over6, 
                 blocks, amax = nvfp4.fake_quantize(inp, block, **options)
                 assert torch.equal(blocks, q.decode_blocks()), (case, mode, suffix)
                 assert torch.equal(amax, q.amax)
+
+
+# --------------------------------------------------------------------------- fast == reference
+
+MODES = [
+    {"four_over_six": "mae", "e4m3_max": 256},
+    {"four_over_six": "mse", "e4m3_max": 448},
+    {"four_over_six": "mae", "e4m3_max": 448, "four_over_six_fast": True},
+    {"four_over_six": "mse", "e4m3_max": 256, "four_over_six_fast": True},
+]
+ROW_SCALED = [
+    {"row_scaled": True},
+    {"row_scaled": True, "four_over_six": "mse", "e4m3_max": 256},
+    {"row_scaled": True, "four_over_six": "mae", "e4m3_max": 448, "four_over_six_fast": True},
+]
+
+
+def _ties(shape, gen: torch.Generator) -> torch.Tensor:
+    """Tie-rich blocks: E2M1 grid points and midpoints times a power of two per row, each
+    16-element block led by +-6 or +-4 times it, so that map-to-4 and map-to-6 are often both
+    exact (equal errors) or equally wrong, and one row carries the tensor's 6 * 2^k amax."""
+    points = torch.tensor([0, 0.25, 0.5, 0.75, 1, 1.25, 1.5, 2, 2.5, 3, 3.5, 4, 5, 6])
+    idx = torch.randint(0, len(points), shape, generator=gen)
+    sign = torch.randint(0, 2, shape, generator=gen) * 2 - 1
+    x = points[idx] * sign
+    x[:, ::16] = torch.where(torch.rand(shape[0], shape[1] // 16, generator=gen) < 0.5, 6.0, 4.0)
+    scale = 2.0 ** torch.randint(-4, 3, (shape[0], 1), generator=gen).float()
+    x = x * scale
+    x[0, 0] = 6.0 * 2.0**3
+    return x
+
+
+def _inputs(seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    for shape in [(16, 32), (32, 48), (48, 32)]:
+        for kind in ["randn", "heavy", "scales", "grid", "outlier", "sparse"]:
+            yield kind, _sample(kind, shape, gen)
+        yield "ties", _ties(shape, gen)
+
+
+def _assert_fast_equals_reference(x, block, options) -> None:
+    q = nvfp4.quantize(x, block, **options)
+    ref = reference.quantize_reference(x, block, **options)
+    where = (tuple(x.shape), block, options)
+    assert torch.equal(q.codes, ref.codes), where
+    assert torch.equal(q.scales, ref.scales), where
+    assert torch.equal(q.amax, ref.amax), where
+    assert torch.equal(q.dequantize(), ref.dequant), where
+    assert torch.equal(q.decode_blocks(), ref.blocks), where
+
+
+@pytest.mark.parametrize("block", [(1, 16), (16, 16)], ids=["1d", "2d"])
+@pytest.mark.parametrize("options", MODES, ids=lambda o: "-".join(map(str, o.values())))
+def test_fast_four_over_six_equals_reference(block, options):
+    for _, x in _inputs(seed=11):
+        _assert_fast_equals_reference(x, block, options)
+        _assert_fast_equals_reference(x.t().contiguous(), block, options)
+
+
+@pytest.mark.parametrize("options", ROW_SCALED, ids=lambda o: "-".join(map(str, o.values())))
+def test_fast_row_scaled_equals_reference(options):
+    for kind, x in _inputs(seed=12):
+        _assert_fast_equals_reference(x, (1, 16), options)
+        if kind == "randn":
+            _assert_fast_equals_reference(x.to(torch.bfloat16), (1, 16), options)
+
+
+def test_ties_pick_map_to_6_and_strictly_lower_errors_pick_map_to_4():
+    """E = 256 and amax 6, so S_enc = 1. Row 0 ({6, 3, 1.5, -6, 0}) is exact under map-to-6
+    (scale 256) and map-to-4 (scale 384): equal errors, so map-to-6. Row 1 ({4 x 15, 3}):
+    map-to-6 (scale 176) rounds 4 to 4.125, map-to-4 (scale 256) is exact: map-to-4."""
+    x = torch.tensor([[6.0, 3.0, 1.5, -6.0] + [0.0] * 12, [4.0] * 15 + [3.0]])
+    for mode in ("mae", "mse"):
+        q = nvfp4.quantize(x, four_over_six=mode, e4m3_max=256)
+        assert q.scales.flatten().tolist() == [256.0, 256.0]
+        assert torch.equal(q.dequantize(), x)
+        assert torch.equal(
+            q.codes, reference.quantize_reference(x, four_over_six=mode, e4m3_max=256).codes
+        )
+
+
+# --------------------------------------------------------------------------- refusals
+
+REFUSED = [
+    ({"four_over_six": "mae", "rht": True}, "four_over_six with rht=True is refused"),
+    ({"four_over_six": "mse", "rounding": "stochastic"}, "four_over_six with stochastic"),
+    ({"row_scaled": True, "block": (16, 16)}, r"row_scaled=True needs block=\(1, 16\)"),
+    ({"row_scaled": True, "rht": True}, "row_scaled=True with rht=True is refused"),
+    ({"row_scaled": True, "rounding": "stochastic"}, "row_scaled=True with stochastic"),
+    ({"e4m3_max": 256}, "e4m3_max=256 applies to 4over6 tensors only"),
+    ({"four_over_six_fast": True}, "four_over_six_fast=True selects 4over6's fast error path"),
+    ({"four_over_six": "l1"}, "four_over_six must be None, 'mae' or 'mse', got 'l1'"),
+    ({"four_over_six": "mae", "e4m3_max": 512}, "e4m3_max must be 448 or 256, got 512"),
+    ({"row_scaled": True, "amax": 3.0}, "amax= is one tensor scale"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "message"), REFUSED, ids=[m for _, m in REFUSED])
+def test_combinations_te_refuses_raise_clear_errors(kwargs, message):
+    x = torch.randn(32, 32, generator=torch.Generator().manual_seed(0))
+    options = dict(kwargs)
+    block, rounding = options.pop("block", (1, 16)), options.pop("rounding", "nearest")
+    rht = options.pop("rht", False)
+    gen = torch.Generator().manual_seed(1) if rounding == "stochastic" else None
+    for fn in (nvfp4.quantize, nvfp4.fake_quantize):
+        with pytest.raises(ValueError, match=message):
+            fn(x, block, rounding, gen, rht, **options)
+    if "amax" not in options:
+        uniforms = torch.rand(32, 32) if rounding == "stochastic" else None
+        with pytest.raises(ValueError, match=message):
+            reference.quantize_reference(x, block, uniforms, rht, **options)
+
+
+def test_dequantize_uses_e_and_the_rows_amax(golden_4over6):
+    x = torch.from_numpy(golden_4over6["randn_64x128__input"])
+    for options in [{"row_scaled": True}, {"four_over_six": "mae", "e4m3_max": 256}]:
+        q = nvfp4.quantize(x, **options)
+        ref = reference.quantize_reference(x, **options)
+        assert torch.equal(q.dequantize(), ref.dequant)
+        assert q.e4m3_max == options.get("e4m3_max", 448)
+    assert "64 rows" in repr(nvfp4.quantize(x, row_scaled=True))
