@@ -24,7 +24,8 @@ git sha).
 quant.te). A trial TE cannot run exactly (a convolution it would quantize, a recipe its
 NVFP4BlockScaling cannot express) is refused here, when the sweep is planned, with the reason.
 
-Not result-affecting (excluded from the hash, listed in `NOT_HASHED`): `num_workers` (augmentation
+Not result-affecting (excluded from the hash, listed in `NOT_HASHED`; also the recipe's display
+name and description inside `recipe_definition`): `num_workers` (augmentation
 is seeded per (seed, epoch, sample), so the number of loader processes cannot change a sample),
 `cache_dir` (where decoded data is kept), `tracking` (where results are logged), and `test_hooks`
 (failure injection for the restore tests; never set it in a real sweep).
@@ -114,8 +115,10 @@ class TrialConfig(_Frozen):
     # -- the grid point
     arch: Literal["cnn", "vit_adamw", "vit_adamax", "swin"]
     scale: str
+    # the full definition first, so that `recipe` is checked against it (filled from the
+    # registry for a built-in recipe; a declared recipe's comes from the sweep spec)
+    recipe_definition: dict[str, Any] | None = None
     recipe: str
-    recipe_definition: dict[str, Any] | None = None  # filled from the registry when left out
     seed: int = Field(ge=0)
     fold: str = "holdout"
 
@@ -192,34 +195,50 @@ class TrialConfig(_Frozen):
 
     @model_validator(mode="before")
     @classmethod
-    def _recipe_definition(cls, data: Any) -> Any:
-        """A registered recipe's definition is filled in; a given one must rebuild the recipe."""
-        if not isinstance(data, dict) or not isinstance(data.get("recipe"), str):
-            return data  # the field validators report a missing or bad recipe
+    def _builtin_recipe_definition(cls, data: Any) -> Any:
+        """A registered recipe's definition is filled in when none is given."""
         import quant
+
+        if isinstance(data, dict) and data.get("recipe_definition") is None:
+            name = data.get("recipe")
+            if isinstance(name, str) and name in quant.list_recipes():
+                return {**data, "recipe_definition": quant.get_recipe(name).to_dict()}
+        return data
+
+    @field_validator("recipe_definition")
+    @classmethod
+    def _valid_definition(cls, definition: dict[str, Any] | None) -> dict[str, Any] | None:
         from quant.recipes import Recipe
 
-        name, definition = data["recipe"], data.get("recipe_definition")
         if definition is None:
-            valid = quant.list_recipes()
-            if name not in valid:
-                raise ValueError(
-                    f"recipe: unknown recipe {name!r}; valid choices: {', '.join(valid)} "
-                    "(or give its recipe_definition)"
-                )
-            return {**data, "recipe_definition": quant.get_recipe(name).to_dict()}
+            return None
         try:
-            recipe = Recipe.from_dict(definition)
+            return Recipe.from_dict(definition).to_dict()
         except (TypeError, ValueError) as err:
-            raise ValueError(f"recipe_definition: {err}") from None
-        if recipe.name != name:
-            raise ValueError(f"recipe_definition is of recipe {recipe.name!r}, not {name!r}")
-        if name in quant.list_recipes() and recipe != quant.get_recipe(name):
+            raise ValueError(str(err)) from None
+
+    @field_validator("recipe")
+    @classmethod
+    def _known_recipe(cls, recipe: str, info) -> str:
+        import quant
+
+        if "recipe_definition" not in info.data:
+            return recipe  # the definition itself is invalid (reported there)
+        definition = info.data["recipe_definition"]
+        builtins = quant.list_recipes()
+        if definition is None:
             raise ValueError(
-                f"recipe_definition differs from the built-in recipe {name!r}; declare a "
+                f"unknown recipe {recipe!r}; valid choices: {', '.join(builtins)} "
+                "(or a recipe declared in the sweep spec, with its recipe_definition)"
+            )
+        if definition["name"] != recipe:
+            raise ValueError(f"recipe_definition is of recipe {definition['name']!r}")
+        if recipe in builtins and definition != quant.get_recipe(recipe).to_dict():
+            raise ValueError(
+                f"recipe_definition differs from the built-in recipe {recipe!r}; declare a "
                 "recipe with its own name instead"
             )
-        return {**data, "recipe_definition": recipe.to_dict()}
+        return recipe
 
     @field_validator("data_path")
     @classmethod
@@ -289,8 +308,12 @@ class TrialConfig(_Frozen):
         return f"{self.arch}-{self.scale}-{self.recipe}-s{self.seed}-{self.fold}"
 
     def result_fields(self) -> dict[str, Any]:
-        """The hashed fields, as JSON-ready values."""
-        return self.model_dump(mode="json", exclude=set(NOT_HASHED))
+        """The hashed fields, as JSON-ready values (a recipe's display name and description are
+        words, not settings: renaming a recipe for a figure does not change its trials)."""
+        words = {"display_name": True, "description": True}
+        return self.model_dump(
+            mode="json", exclude={**dict.fromkeys(NOT_HASHED, True), "recipe_definition": words}
+        )
 
     @property
     def config_hash(self) -> str:
@@ -341,9 +364,10 @@ class TrialConfig(_Frozen):
 @functools.cache
 def quantized_layer_kinds(model_arch: str) -> frozenset[str]:
     """{"linear", "conv"}: the kinds of layer a recipe quantizes in `model_arch` (any scale)."""
+    from torch import nn
+
     import models
     from models.layers import quantized_layers
-    from torch import nn
 
     model = models.build_model(model_arch, models.list_scales(model_arch)[0])
     return frozenset(

@@ -178,8 +178,12 @@ def build_datasets_for(config: TrialConfig, data_root: Path):
 # --------------------------------------------------------------------------- model and optimizer
 
 
-def build_model_for(config: TrialConfig, sr_generator: torch.Generator) -> torch.nn.Module:
-    """Seed, build, then quantize: the initial weights never depend on the recipe."""
+def build_model_for(
+    config: TrialConfig, sr_generator: torch.Generator, device: torch.device | str | None = None
+) -> torch.nn.Module:
+    """Seed, build, then quantize: the initial weights never depend on the recipe (nor on the
+    backend). The recipe is the config's own definition (a spec may have declared it); the TE
+    backend swaps the Linear layers for transformer_engine's on `device` (quant.te)."""
     import models
     import quant
 
@@ -187,7 +191,12 @@ def build_model_for(config: TrialConfig, sr_generator: torch.Generator) -> torch
     torch.manual_seed(config.seed)
     model = models.build_model(config.model_arch, config.scale, **overrides)
     model.check_input_size(config.image_size, config.image_size)
-    return quant.prepare(model, quant.get_recipe(config.recipe), generator=sr_generator)
+    recipe = config.recipe_object()
+    if config.backend == "te":
+        from quant.te import te_model
+
+        return te_model(model.to(device or "cuda"), recipe)
+    return quant.prepare(model, recipe, generator=sr_generator)
 
 
 def build_optimizer(config: TrialConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -259,7 +268,7 @@ class TrainingRun:
         self.data = datasets
         self.sr_generator = torch.Generator(device=self.device)
         self.sr_generator.manual_seed(derive_seed(config.seed, "sr"))
-        self.model = build_model_for(config, self.sr_generator).to(self.device)
+        self.model = build_model_for(config, self.sr_generator, self.device).to(self.device)
         seed_globals(derive_seed(config.seed, "train"))
         self.optimizer = build_optimizer(config, self.model)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -496,10 +505,9 @@ def build_tracker(config: TrialConfig, checkpoint_dir: Path):
     """The trial's MLflow tracker, reopening the run id the checkpoint kept (None: no tracking)."""
     if config.tracking is None:
         return None
-    import quant
     from trainables.tracking import TrialTracker
 
-    recipe = quant.get_recipe(config.recipe)
+    recipe = config.recipe_object()
     sha = config.code_version.partition("+g")[2]
     tags = {
         "sweep": config.tracking.experiment,
