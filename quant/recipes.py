@@ -507,8 +507,8 @@ def _merged_operand(recipe: str, key: str, start: Operand, override: Any) -> Ope
     settings: dict[str, Any] = {}
     if override.get("mode", start.mode) == start.mode:
         settings = asdict(start)
-        if start.four_over_six is None:
-            del settings["e4m3_max"]  # the non-4over6 default: let a new 4over6 take TE's 256
+        if settings["e4m3_max"] == (448 if start.four_over_six is None else 256):
+            del settings["e4m3_max"]  # the base's default E: re-resolved for the merged slot
     settings.update(override)
     try:
         return Operand(**settings)
