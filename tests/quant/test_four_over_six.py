@@ -246,3 +246,26 @@ def test_dequantize_uses_e_and_the_rows_amax(golden_4over6):
         assert torch.equal(q.dequantize(), ref.dequant)
         assert q.e4m3_max == options.get("e4m3_max", 448)
     assert "64 rows" in repr(nvfp4.quantize(x, row_scaled=True))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", CASES)
+def test_cuda_reproduces_every_golden_array(golden_4over6, case):
+    """Same arithmetic on the GPU: true divisions, no FMA contraction of the error chain."""
+    for mode in golden_modes(golden_4over6, case):
+        block, options = mode_options(mode)
+        for suffix, x in golden_directions(golden_4over6, case, mode):
+            q = nvfp4.quantize(x.cuda(), block, **options)
+            assert_golden(
+                golden_4over6,
+                case,
+                mode,
+                suffix,
+                q.codes.cpu(),
+                q.scales.cpu(),
+                q.scale_bits.cpu(),
+                q.amax.cpu(),
+                block,
+            )
+            blocks, _ = nvfp4.fake_quantize(x.cuda(), block, **options)
+            assert torch.equal(blocks.cpu(), q.decode_blocks().cpu())

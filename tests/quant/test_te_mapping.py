@@ -259,3 +259,18 @@ def test_te_linear_swap_shares_parameters_and_runs():
         y = model(x)
     y.float().square().mean().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_the_parity_script_skips_clearly_without_te_or_blackwell(capsys):
+    from bench import te_parity
+
+    if te_parity._skip_reason() is None:
+        pytest.skip("a Blackwell GPU with transformer_engine is here: run bench/te_parity.py")
+    assert te_parity.main([]) == te_parity.SKIPPED == 77
+    assert "te_parity: skipped: " in capsys.readouterr().out
+
+
+def test_te_model_refuses_convolutions_before_importing_te():
+    model = nn.Sequential(nn.Conv2d(16, 16, 3), nn.Flatten(), nn.Linear(16, 16))
+    with pytest.raises(NotImplementedError, match="no NVFP4 convolution"):
+        te.te_model(model, "nvfp4_4o6")
