@@ -119,7 +119,7 @@ def _same_tiles(recipe: Recipe) -> bool:
     """DGRAD's weight operand is FPROP's 16x16 tiles, transposed: reuse them (exact).
 
     Not under 4over6: TE quantizes the columnwise copy of W on its own, and its tile errors,
-    summed down columns, can pick the other candidate at near-ties (NVFP4_TE220 s3a.3), so
+    summed down columns, can pick the other candidate at near-ties (docs/nvfp4.md s7.1), so
     DGRAD re-quantizes W^T itself, exactly like TE's columnwise copy.
     """
     op = recipe.fprop_weight

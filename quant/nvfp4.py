@@ -82,6 +82,29 @@ none is given), drawn in x's row-major order, so a seeded run is reproducible an
 depend on chunking or layout. One byte costs about 1/8 of a `torch.rand` float on CPU.
 `stochastic_bits` and `stochastic_thresholds` hand the same decisions to quant/reference.py.
 
+4over6 and row-scaled amax (TE 2.20; docs/nvfp4.md s7)
+----------------------------------------------------
+`four_over_six="mae" | "mse"`: every block (or tile) is quantized with two candidate scales and
+keeps the one with the smaller error:
+
+    S_enc = min(fl(6E / a), FLT_MAX)        E = e4m3_max: 448, or 256 (TE's 4over6 default)
+    base  = fl(fl(b / 6) * S_enc)           a true division: TE <= 2.13's chain, not step 3's
+    s6 = e4m3(min(base, 448)),  s4 = e4m3(min(fl(base * 1.5), 448))     (448 also when E = 256)
+    error (exact, TE's default):  d = fl(fl(fl(fl(val(q) * s) * a) / fl(6E)) - x)
+    error (`four_over_six_fast`): d = fl(val(q) * s - fl(x * S_enc))     (val * s is exact)
+
+summed as |d| (MAE) or fl(d * d) (MSE) one fp32 add at a time, in element order from +0 over
+each 16-element row segment (`_sum_in_order`, never torch.sum, whose order is its own); a 16x16
+tile adds its 16 row errors in TE's fixed tree r_i = e_i + e_(i+8), then 4, 2, 1. Map-to-4 wins
+only with a strictly lower error. The columnwise copy is this on x^T, so its tile sums run down
+the original's columns and may pick differently near ties: a 4over6 weight's DGRAD copy is
+quantized on its own, never taken as the FPROP tiles transposed (quant.functional). The cost is
+two candidate passes (encode, round, score) before the usual encode (bench/bench_4over6.py).
+
+`row_scaled=True`: a = max|x| per row (1x16 blocks only), S_enc and S_dec per row, the rest of
+the chain unchanged; `.amax` is then one value per row and a GEMM's alpha a vector (quant.gemm).
+quant/nvfp4_options.py lists the combinations Transformer Engine refuses, refused here too.
+
 The scale chain stays on the device
 -----------------------------------
 Steps 2-4 are small tensor functions (`tensor_scales`, `block_scales`, `encode_factors`) on the
@@ -949,7 +972,7 @@ def quantize(
     kernel tap of an im2col); blocks are independent given the tensor scale, so the slice
     comes out exactly as inside the whole. It should be >= max|x| (else blocks saturate).
 
-    TE 2.20's options (section "4over6 and row-scaled amax" above; quant.nvfp4_options says
+    TE 2.20's options (module docstring, "4over6 and row-scaled amax"; quant.nvfp4_options says
     which combinations are refused): `four_over_six="mae" | "mse"` picks each block's scale
     from the map-to-6 and map-to-4 candidates, `four_over_six_fast` with TE's fast error path;
     `e4m3_max` is E in S_enc = 6E / a (256 only with 4over6); `row_scaled=True` scales each

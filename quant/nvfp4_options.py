@@ -1,7 +1,7 @@
 """The quantizer options Transformer Engine 2.20 added, and the combinations TE refuses.
 
 TE 2.20's `NVFP4BlockScaling` gained two options that change the numbers (the arithmetic is in
-quant/nvfp4.py's docstring, section "4over6 and row-scaled amax"):
+quant/nvfp4.py's docstring, "4over6 and row-scaled amax", and docs/nvfp4.md s7):
 
 - 4over6 (`four_over_six="mae" | "mse"`): every 1x16 block (or 16x16 tile) is quantized with two
   candidate decode scales, map-to-6 and map-to-4 (the scale times 1.5), and keeps the one whose

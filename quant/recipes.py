@@ -401,7 +401,7 @@ del _recipe
 # The study's eight recipes in paper-id order (the registry may grow; this tuple does not).
 PAPER_RECIPES: tuple[str, ...] = tuple(list_recipes())
 
-# Built-ins beyond the paper: TE 2.20's 4over6 (NVFP4_TE220 in the module docstring above).
+# Built-ins beyond the paper: TE 2.20's 4over6 (docs/nvfp4.md s7.1, quant.nvfp4).
 # No paper id: they list after the paper's eight, and the paper's tables never include them.
 for _recipe in (
     Recipe(
