@@ -348,3 +348,23 @@ def test_row_scaled_recipes_are_refused_for_the_cnn():
     assert make(arch="swin", recipe="mine", recipe_definition=rows).recipe == "mine"
     with pytest.raises(ConfigError, match="row-scaled operands, defined for Linear layers only"):
         make(arch="cnn", recipe="mine", recipe_definition=rows)
+
+
+def test_mlflow_params_carry_the_full_recipe_definition(tmp_path):
+    """Into the session's MLflow store (tests/conftest.py), as a sweep's trial logs them."""
+    import os
+
+    from mlflow import MlflowClient
+
+    from trainables.loop import build_tracker
+
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    tracking = {"experiment": "declared-recipe-params"}
+    config = make(arch="swin", recipe="mine", recipe_definition=MINE, tracking=tracking)
+    tracker = build_tracker(config, tmp_path / "trial")
+    assert tracker.finish().ok
+    params = MlflowClient(uri).get_run(tracker.run_id).data.params
+    assert params["recipe"] == "mine" and params["backend"] == "emulated"
+    assert params["recipe_definition.fprop_weight.four_over_six"] == "mae"
+    assert params["recipe_definition.fprop_weight.e4m3_max"] == "256"
+    assert params["recipe_definition.dgrad_weight.mode"] == "hp"
