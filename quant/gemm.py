@@ -242,13 +242,24 @@ def conv_output_hw(hw, kernel: tuple[int, int], geo: ConvGeometry) -> tuple[int,
 
 def read_positions(
     size: int, out: int, kernel: int, stride: int, pad: int, dilation: int
-) -> Tensor:
-    """Boolean mask of the input positions (along one spatial dim) that some kernel tap reads."""
-    used = torch.zeros(size, dtype=torch.bool)
-    for tap in range(kernel):
-        index = torch.arange(out) * stride + tap * dilation - pad
-        used[index[(index >= 0) & (index < size)]] = True
-    return used
+) -> tuple[bool, ...]:
+    """Which input positions (along one spatial dim) some kernel tap reads.
+
+    Pure Python on the layer's geometry, memoized: no tensor, so no host sync and nothing for a
+    compiler to trace beyond a dict lookup."""
+    key = (size, out, kernel, stride, pad, dilation)
+    if key not in _READ_POSITIONS:
+        used = [False] * size
+        for tap in range(kernel):
+            for o in range(out):
+                index = o * stride + tap * dilation - pad
+                if 0 <= index < size:
+                    used[index] = True
+        _READ_POSITIONS[key] = tuple(used)
+    return _READ_POSITIONS[key]
+
+
+_READ_POSITIONS: dict[tuple[int, ...], tuple[bool, ...]] = {}
 
 
 def zero_unread(t: Tensor, kernel: tuple[int, int], geo: ConvGeometry) -> Tensor:
@@ -263,10 +274,10 @@ def zero_unread(t: Tensor, kernel: tuple[int, int], geo: ConvGeometry) -> Tensor
         )
         for d in range(2)
     )
-    if bool(rows.all()) and bool(cols.all()):
+    if all(rows) and all(cols):
         return t
-    mask = (rows[:, None] & cols[None, :]).to(device=t.device, dtype=t.dtype)
-    return t * mask
+    mask = [[float(r and c) for c in cols] for r in rows]
+    return t * torch.tensor(mask, dtype=t.dtype, device=t.device)
 
 
 #: Upper bound on the elements quantized in one call by `tapped_weight_grad` (at least one slab

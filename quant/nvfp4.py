@@ -165,22 +165,34 @@ _I32 = torch.int32
 _SR_SHIFT = 9 << 23  # exponent field minus 9: 2^e -> 2^(e - 9), a 256th of the E2M1 step
 
 
+def _constant(name: str, device: torch.device) -> torch.Tensor:
+    """A small lookup tensor, built once per device; compiled code gets it as a graph constant
+    from the plain Python values (tracing the builders again would cost seconds per call)."""
+    if torch.compiler.is_compiling():
+        values, dtype = _CONSTANT_VALUES[name]
+        return torch.tensor(values, dtype=dtype, device=device)
+    return _cached_constants(device)[name]
+
+
 @functools.cache
-def _constants(device: torch.device) -> dict[str, torch.Tensor]:
-    """Small lookup tensors, built once per device."""
+def _cached_constants(device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in _build_constants().items()}
+
+
+def _build_constants() -> dict[str, torch.Tensor]:
     mags = torch.tensor(E2M1_VALUES, dtype=torch.float32)
     return {
-        "values": torch.cat([mags, -mags]).to(device),  # -mags[0] is -0.0, code 8
-        "code_of_key": _code_of_key().to(device),
-        "rht": _build_rht_matrix().to(device),
-        "numerator": torch.tensor(FP4_E4M3_MAX, dtype=torch.float32, device=device),
-        "numerator_256": torch.tensor(FP4_MAX * 256, dtype=torch.float32, device=device),
-        "six": torch.tensor(FP4_MAX, dtype=torch.float32, device=device),
-        "inv_1536": torch.tensor(1.0 / (FP4_MAX * 256), dtype=torch.float32, device=device),
-        "one": torch.tensor(1.0, dtype=torch.float32, device=device),
-        "flt_max": torch.tensor(FLT_MAX, dtype=torch.float32, device=device),
-        "one_sixth": torch.tensor(1.0 / 6.0, dtype=torch.float32, device=device),
-        "inv_2688": torch.tensor(1.0 / FP4_E4M3_MAX, dtype=torch.float32, device=device),
+        "values": torch.cat([mags, -mags]),  # -mags[0] is -0.0, code 8
+        "code_of_key": _code_of_key(),
+        "rht": _build_rht_matrix(),
+        "numerator": torch.tensor(FP4_E4M3_MAX, dtype=torch.float32),
+        "numerator_256": torch.tensor(FP4_MAX * 256, dtype=torch.float32),
+        "six": torch.tensor(FP4_MAX, dtype=torch.float32),
+        "inv_1536": torch.tensor(1.0 / (FP4_MAX * 256), dtype=torch.float32),
+        "one": torch.tensor(1.0, dtype=torch.float32),
+        "flt_max": torch.tensor(FLT_MAX, dtype=torch.float32),
+        "one_sixth": torch.tensor(1.0 / 6.0, dtype=torch.float32),
+        "inv_2688": torch.tensor(1.0 / FP4_E4M3_MAX, dtype=torch.float32),
     }
 
 
@@ -208,9 +220,12 @@ def _build_rht_matrix() -> torch.Tensor:
     return signs[:, None] * hadamard * 0.25
 
 
+_CONSTANT_VALUES = {k: (v.tolist(), v.dtype) for k, v in _build_constants().items()}
+
+
 def rht_matrix(device: torch.device | str | None = None) -> torch.Tensor:
     """The 16x16 fp32 RHT matrix diag(sign) @ H16 / 4 (orthogonal; entries +-1/4)."""
-    return _constants(torch.device(device or "cpu"))["rht"].clone()
+    return _constant("rht", torch.device(device or "cpu")).clone()
 
 
 # --------------------------------------------------------------------------- validation
@@ -346,7 +361,7 @@ def decode_e2m1(codes: torch.Tensor) -> torch.Tensor:
     """E2M1 codes (uint8 0..15) -> float32 values; code 8 decodes to -0.0."""
     # index_select with int32 indices is several times faster than advanced indexing on CPU.
     flat = codes.reshape(-1).to(torch.int32)
-    return _constants(codes.device)["values"].index_select(0, flat).view(codes.shape)
+    return _constant("values", codes.device).index_select(0, flat).view(codes.shape)
 
 
 def encode_e2m1(v: torch.Tensor) -> torch.Tensor:
@@ -401,7 +416,7 @@ def _codes_from_rounded_(rounded: torch.Tensor, codes: torch.Tensor) -> torch.Te
     """
     key = rounded.view(torch.int32).bitwise_right_shift_(22).bitwise_and_(0x1FF)
     key.add_(codes, alpha=512)
-    lut = _constants(rounded.device)["code_of_key"]
+    lut = _constant("code_of_key", rounded.device)
     return torch.index_select(lut, 0, key.view(-1), out=codes.view(-1)).view(codes.shape)
 
 
@@ -426,8 +441,8 @@ def _blocked(x32: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
 
 def _row_chunks(t: torch.Tensor) -> list[slice]:
     rows, per_row = t.shape[0], math.prod(t.shape[1:])
-    if t.device.type != "cpu":
-        return [slice(0, rows)]
+    if t.device.type != "cpu" or torch.compiler.is_compiling():
+        return [slice(0, rows)]  # the compiler fuses the whole tensor's chain instead
     step = max(1, _CHUNK_ELEMENTS * torch.get_num_threads() // per_row)
     return [slice(i, min(i + step, rows)) for i in range(0, rows, step)]
 
@@ -477,11 +492,12 @@ def tensor_scales(amax: torch.Tensor, e4m3_max: int = 448) -> tuple[torch.Tensor
     `2688.0 / t` with a Python numerator is a reciprocal and a multiply in PyTorch, not the
     correctly rounded division TE does.
     """
-    c = _constants(amax.device)
-    numerator = c["numerator"] if e4m3_max == 448 else c["numerator_256"]
-    s_enc = torch.minimum(torch.div(numerator, amax), c["flt_max"])
-    s_enc = torch.where((amax == 0) | (s_enc == 0), c["one"], s_enc)
-    return s_enc, torch.div(c["one"], s_enc)
+    one = _constant("one", amax.device)
+    numerator = "numerator" if e4m3_max == 448 else "numerator_256"
+    s_enc = torch.div(_constant(numerator, amax.device), amax)
+    s_enc = torch.minimum(s_enc, _constant("flt_max", amax.device))
+    s_enc = torch.where((amax == 0) | (s_enc == 0), one, s_enc)
+    return s_enc, torch.div(one, s_enc)
 
 
 def block_scales(block_amax: torch.Tensor, s_enc: torch.Tensor) -> torch.Tensor:
@@ -489,7 +505,7 @@ def block_scales(block_amax: torch.Tensor, s_enc: torch.Tensor) -> torch.Tensor:
 
     s_enc: fp32, 0-d or broadcastable against block_amax (one value per row of blocks).
     """
-    folded = s_enc * _constants(s_enc.device)["one_sixth"]
+    folded = s_enc * _constant("one_sixth", s_enc.device)
     return e4m3_round(block_amax * folded)
 
 
@@ -507,7 +523,7 @@ def encode_factors(scales: torch.Tensor, s_dec: torch.Tensor) -> torch.Tensor:
     s_dec: fp32, 0-d or broadcastable against scales. A true division, never a reciprocal
     approximation (see quant.compile for the compiler settings that keep it so on GPUs).
     """
-    return torch.div(_constants(scales.device)["one"], scales * s_dec).clamp(max=FLT_MAX)
+    return torch.div(_constant("one", scales.device), scales * s_dec).clamp(max=FLT_MAX)
 
 
 def _poisoned(scale: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:
@@ -520,7 +536,7 @@ def _poisoned(scale: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:
 
 def _dequant_factors(scales: torch.Tensor, amax: torch.Tensor, e4m3_max: int = 448):
     """Step 7's per-block factor fl(fl(s * a) * fl(1/(6E))); a per-row amax broadcasts."""
-    inverse = _constants(scales.device)["inv_2688" if e4m3_max == 448 else "inv_1536"]
+    inverse = _constant("inv_2688" if e4m3_max == 448 else "inv_1536", scales.device)
     return (scales * amax) * inverse
 
 
@@ -546,20 +562,40 @@ def rht(x: torch.Tensor) -> torch.Tensor:
 def _rotate_chunk(x: torch.Tensor, out: torch.Tensor, work: _Work) -> torch.Tensor:
     """out = bf16(x @ R) for a chunk of x; out has x's shape and any float dtype."""
     x16 = x.reshape(-1, BLOCK)
-    r = _constants(x.device)["rht"]
+    r = _constant("rht", x.device)
     if x16.dtype != torch.float32:
         x16 = x16.to(torch.float32)
+    if torch.compiler.is_compiling():
+        return out.copy_(_round_to_bf16(torch.mm(x16, r)).view(out.shape))
     product = torch.mm(x16, r, out=work.like("float", x16, torch.float32))
     return out.copy_(product.to(torch.bfloat16).view(out.shape))
 
 
+def _round_to_bf16(t: torch.Tensor) -> torch.Tensor:
+    """fp32 -> the nearest bf16 value (ties to even), still as fp32, with integer ops only.
+
+    What `t.to(bfloat16).float()` computes, but compilers keep it: Inductor drops a
+    down-then-up cast pair and would quantize the unrounded rotation. The magnitude's low 16
+    bits round into bit 16 (adding 0x7FFF plus bit 16 carries exactly when RNE rounds up); the
+    magnitude is first capped at a quiet NaN so no NaN payload carries into the sign bit.
+    """
+    bits = t.view(torch.int32)
+    sign = torch.bitwise_and(bits, -(2**31))
+    magnitude = torch.bitwise_and(bits, 0x7FFFFFFF).clamp(max=0x7FC00000)
+    magnitude = magnitude + torch.bitwise_and(magnitude >> 16, 1) + 0x7FFF
+    return torch.bitwise_or(torch.bitwise_and(magnitude, -65536), sign).view(torch.float32)
+
+
 @contextlib.contextmanager
 def _full_fp32_matmul():
-    """TF32 (CUDA) or bf16 (oneDNN) fp32 matmuls would truncate x before the exact products."""
-    precision = torch.get_float32_matmul_precision()
-    if precision == "highest":
+    """TF32 (CUDA) or bf16 (oneDNN) fp32 matmuls would truncate x before the exact products.
+
+    Compiled code cannot switch the setting inside the graph: quant.compile checks it is
+    "highest" when it compiles."""
+    if torch.compiler.is_compiling() or torch.get_float32_matmul_precision() == "highest":
         yield
         return
+    precision = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("highest")
     try:
         yield
@@ -598,7 +634,7 @@ class NVFP4Tensor:
     def global_scale(self) -> torch.Tensor:
         """fl(a * fl(1/(6E))): the tensor-level decode factor of TE's dequantize formula."""
         key = "inv_2688" if self.e4m3_max == 448 else "inv_1536"
-        return self.amax * _constants(self.amax.device)[key]
+        return self.amax * _constant(key, self.amax.device)
 
     @property
     def scales_e4m3(self) -> torch.Tensor:
@@ -678,12 +714,62 @@ def unpack_codes(packed: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- SR random bits
 
 
+_GENERATORS: dict[int, torch.Generator] = {}
+_TOKENS: dict[int, torch.Tensor] = {}
+
+
+def register_generator(generator: torch.Generator) -> int:
+    """Let compiled code draw SR bytes from `generator` (quant.prepare does it for a model's).
+
+    torch.compile cannot trace a torch.Generator, so compiled quantizers draw through the
+    custom op `nvfp4_emulation::draw_bytes`, which finds the generator by this key. Each draw
+    also bumps a small token tensor of the generator's, which the op declares it mutates:
+    that orders the draws in the compiled graph exactly as eager code makes them, so compiled
+    and eager SR see the very same bytes.
+    """
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    key = id(generator)
+    if _GENERATORS.get(key) is not generator:
+        _GENERATORS[key] = generator
+        _TOKENS[key] = torch.zeros((), dtype=torch.int64, device=generator.device)
+    return key
+
+
+@torch.library.custom_op("nvfp4_emulation::draw_bytes", mutates_args=("token",))
+def _draw_bytes_op(token: torch.Tensor, n: int, key: int) -> torch.Tensor:
+    token.add_(1)
+    return _draw_words(n, _GENERATORS[key], token.device).view(torch.uint8)
+
+
+@_draw_bytes_op.register_fake
+def _(token: torch.Tensor, n: int, key: int) -> torch.Tensor:
+    return torch.empty(n, dtype=torch.uint8, device=token.device)
+
+
+def _compiled_draw(n: int, generator: torch.Generator | None) -> torch.Tensor:
+    key = id(generator)
+    if generator is None or _GENERATORS.get(key) is not generator:
+        raise ValueError(
+            "compiled stochastic rounding needs an explicit generator registered with "
+            "quant.nvfp4.register_generator(generator) before compiling (quant.prepare "
+            "registers the model's)"
+        )
+    return _draw_bytes_op(_TOKENS[key], n, key)
+
+
 def _draw_bytes(n: int, generator: torch.Generator | None, device) -> torch.Tensor:
     """n random bytes (n a multiple of 8), eight per 64-bit word from `generator`."""
+    if torch.compiler.is_compiling():
+        return _compiled_draw(n, generator)
+    return _draw_words(n, generator, device).view(torch.uint8)
+
+
+def _draw_words(n: int, generator: torch.Generator | None, device) -> torch.Tensor:
     words = torch.empty(n // 8, dtype=torch.int64, device=device)
     # random_()'s default range on int64 is [0, 2^63), which would leave every 8th byte 7-bit;
     # from=-2^63 with no upper bound asks for all 64 bits.
-    return words.random_(-(2**63), None, generator=generator).view(torch.uint8)
+    return words.random_(-(2**63), None, generator=generator)
 
 
 def stochastic_bits(
@@ -753,7 +839,7 @@ def _four_over_six_scales(src, b, s_enc, s_dec, amax, opts: ScaleOptions):
     or per row broadcasting against b. base = fl(fl(b / 6) * S_enc); the candidates are
     e4m3(base) and e4m3(fl(base * 1.5)) (both clamped to 448).
     """
-    base = torch.div(b, _constants(b.device)["six"]) * s_enc
+    base = torch.div(b, _constant("six", b.device)) * s_enc
     candidates = []
     for pre in (base, base * 1.5):
         scale = e4m3_round(pre)
@@ -777,13 +863,14 @@ def _candidate_error(src, scale, factor, s_enc, amax, opts: ScaleOptions) -> tor
     val * s - fl(x * S_enc). MAE sums |d|, MSE fl(d * d), in element order from +0 per
     16-element row segment; a 16x16 tile then adds its 16 row errors in a fixed tree.
     """
-    c = _constants(src.device)
     rounded = _round_nearest_(torch.mul(src, _per_element_view(factor)))
     decoded = rounded.mul_(_per_element_view(scale))  # exact: <= 8 significant bits
     if opts.four_over_six_fast:
         d = decoded.sub_(src * _per_element_view(s_enc))
     else:
-        denominator = c["numerator"] if opts.e4m3_max == 448 else c["numerator_256"]
+        denominator = _constant(
+            "numerator" if opts.e4m3_max == 448 else "numerator_256", src.device
+        )
         d = decoded.mul_(_per_element_view(amax)).div_(denominator).sub_(src)
     per_element = d.abs_() if opts.four_over_six == "mae" else d.mul_(d)
     return _block_error(per_element)
