@@ -269,3 +269,20 @@ def test_cuda_reproduces_every_golden_array(golden_4over6, case):
             )
             blocks, _ = nvfp4.fake_quantize(x.cuda(), block, **options)
             assert torch.equal(blocks.cpu(), q.decode_blocks().cpu())
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"block": (16, 16), "four_over_six": "mse"}, {"row_scaled": True}],
+    ids=["4over6-2d", "row-scaled"],
+)
+def test_new_options_trace_in_one_graph(options):
+    """No host sync, no Python branch on a tensor value: torch.compile(fullgraph=True) traces
+    the quantizer with the new options (Dynamo only here; quant's compile settings decide the
+    code generation) and gives eager's bits."""
+    x = torch.randn(64, 128, generator=torch.Generator().manual_seed(9))
+    compiled = torch.compile(
+        lambda t: nvfp4.fake_quantize(t, **options), fullgraph=True, backend="eager"
+    )
+    for got, want in zip(compiled(x), nvfp4.fake_quantize(x, **options), strict=True):
+        assert torch.equal(got, want)
