@@ -832,21 +832,29 @@ def _row_amax(block_amax: torch.Tensor, transposed: bool) -> torch.Tensor:
     return block_amax.amax(dim=0, keepdim=True) if transposed else block_amax.amax(1, True)
 
 
-def _four_over_six_scales(src, b, s_enc, s_dec, amax, opts: ScaleOptions):
+def _four_over_six_scales(src, b, s_enc, s_dec, amax, opts: ScaleOptions, chunks: list[slice]):
     """4over6: each block's (scale, encode factor), map-to-4 where its error is lower.
 
     src: (T, r, C, w) what is quantized; b: (T, C) block (tile) amaxes; s_enc, s_dec, amax: 0-d,
     or per row broadcasting against b. base = fl(fl(b / 6) * S_enc); the candidates are
-    e4m3(base) and e4m3(fl(base * 1.5)) (both clamped to 448).
+    e4m3(base) and e4m3(fl(base * 1.5)) (both clamped to 448). The errors are computed chunk by
+    chunk of rows (the chunks of pass 1), so the element-wise chain stays in cache.
     """
     base = torch.div(b, _constant("six", b.device)) * s_enc
-    candidates = []
-    for pre in (base, base * 1.5):
-        scale = e4m3_round(pre)
-        factor = encode_factors(scale, s_dec)
-        error = _candidate_error(src, scale, factor, s_enc, amax, opts)
-        candidates.append((scale, factor, error))
-    (s6, e6, err6), (s4, e4, err4) = candidates
+    s6, s4 = e4m3_round(base), e4m3_round(base * 1.5)
+    e6, e4 = encode_factors(s6, s_dec), encode_factors(s4, s_dec)
+    err6, err4 = torch.empty_like(b), torch.empty_like(b)
+    for rows in chunks:
+
+        def part(t: torch.Tensor, rows=rows) -> torch.Tensor:
+            return t if t.dim() == 0 or t.shape[0] == 1 else _part(t, rows)
+
+        chunk = _part(src, rows)
+        for scale, factor, err in ((s6, e6, err6), (s4, e4, err4)):
+            error = _candidate_error(
+                chunk, part(scale), part(factor), part(s_enc), part(amax), opts
+            )
+            _part(err, rows).copy_(error)
     four = err4 < err6  # strictly: ties (and NaN) go to map-to-6
     return torch.where(four, s4, s6), torch.where(four, e4, e6)
 
@@ -880,7 +888,9 @@ def _block_error(e: torch.Tensor) -> torch.Tensor:
     """(T, r, C, w) element errors -> (T, C) block errors in TE's summation order."""
     if e.shape[3] == 1:  # the transposed layout: a block's 16 elements run along dim 1
         return _sum_in_order(e[:, :, :, 0].unbind(1))
-    rows = _sum_in_order(e.unbind(3))  # (T, r, C): each row segment in element order
+    # (T, r, C): each row segment in element order; the element index first, so that each of
+    # the 15 adds reads contiguous memory (about 1.5x faster than strided slices on CPU)
+    rows = _sum_in_order(e.movedim(3, 0).contiguous().unbind(0))
     while rows.shape[1] > 1:  # a tile: r_i = e_i + e_(i+8), then 4, 2, 1 (TE's warp tree)
         half = rows.shape[1] // 2
         rows = rows[:, :half] + rows[:, half:]
@@ -984,7 +994,7 @@ def _prepare(
         scales = block_scales(b, s_enc)
         factors = encode_factors(scales, s_dec)
     else:
-        scales, factors = _four_over_six_scales(src, b, s_enc, s_dec, scale_amax, opts)
+        scales, factors = _four_over_six_scales(src, b, s_enc, s_dec, scale_amax, opts, chunks)
     if opts.row_scaled:
         own_amax = scale_amax.reshape(x.shape[:-1])
     bits = None

@@ -286,3 +286,30 @@ def test_new_options_trace_in_one_graph(options):
     )
     for got, want in zip(compiled(x), nvfp4.fake_quantize(x, **options), strict=True):
         assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize(
+    ("block", "options"),
+    [
+        ((1, 16), {"four_over_six": "mae"}),
+        ((16, 16), {"four_over_six": "mse", "four_over_six_fast": True}),
+        ((1, 16), {"four_over_six": "mse", "row_scaled": True}),
+    ],
+    ids=["1d", "2d-fast", "row-scaled"],
+)
+def test_chunked_four_over_six_equals_one_chunk(monkeypatch, block, options):
+    """The candidates are scored chunk by chunk of rows on CPU; results must not depend on it,
+    in the natural layout and the transposed one (x^T as a view)."""
+    x = _ties((96, 64), torch.Generator().manual_seed(10))
+    whole = nvfp4.quantize(x, block, **options)
+    monkeypatch.setattr(nvfp4, "_CHUNK_ELEMENTS", 300)  # 1 or 16 rows of blocks per chunk
+    assert len(nvfp4._row_chunks(torch.empty(96, 64))) > 4
+    chunked = nvfp4.quantize(x, block, **options)
+    assert torch.equal(chunked.codes, whole.codes) and torch.equal(chunked.amax, whole.amax)
+    if block == (1, 16):  # xt quantized through its transposed layout, chunked, vs whole
+        xt = x.t().contiguous()
+        view = xt.t().contiguous().t()  # xt's values in the transposed memory layout
+        blocks, amax = nvfp4.fake_quantize(view, block, **options)
+        monkeypatch.setattr(nvfp4, "_CHUNK_ELEMENTS", 1 << 17)
+        expected = nvfp4.quantize(xt, block, **options)
+        assert torch.equal(blocks, expected.decode_blocks()) and torch.equal(amax, expected.amax)
