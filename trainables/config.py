@@ -14,7 +14,9 @@ Result-affecting (hashed): the grid point (arch, scale, recipe, seed, fold), the
 number of folds, the dataset path and version string, or the synthetic dataset's parameters; the
 image size; augmentation on/off), the whole protocol (epochs, batch size, optimizer, lr, weight
 decay, gradient clipping, plateau scheduler, early stopping, loss weights and Tversky parameters,
-logit clamp, precision), the model overrides, and the code version (package version + git sha).
+logit clamp, precision, compile: a compiled step quantizes bit for bit as eager code, but its
+fp32 sums may run in another order), the model overrides, and the code version (package version
++ git sha).
 
 Not result-affecting (excluded from the hash, listed in `NOT_HASHED`): `num_workers` (augmentation
 is seeded per (seed, epoch, sample), so the number of loader processes cannot change a sample),
@@ -138,6 +140,7 @@ class TrialConfig(_Frozen):
     tversky_smooth: float = Field(1e-5, gt=0)
     logit_clamp: float = Field(20.0, gt=0)  # BCE sees logits clamped to [-c, c]
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    compile: Literal["off", "on", "auto"] = "auto"  # torch.compile the step; auto: on CUDA only
     model_overrides: dict[str, Any] = {}
     code_version: str = Field(default_factory=lambda: code_version())
 
@@ -167,6 +170,12 @@ class TrialConfig(_Frozen):
             if data.get(key) is None:
                 data[key] = value
         return data
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _yaml_switch(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare `on`/`off` as a boolean.
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
     @field_validator("scale")
     @classmethod

@@ -137,9 +137,9 @@ GOLDEN_FIELDS = {
     "plateau_patience": 10, "early_stop_min_delta": 0.001, "early_stop_patience": 20,
     "early_stop_warmup": 40, "bce_weight": 1.0, "tversky_weight": 1.0, "tversky_alpha": 0.3,
     "tversky_beta": 0.7, "tversky_smooth": 1e-05, "logit_clamp": 20.0, "precision": "auto",
-    "model_overrides": {}, "code_version": "0.1.0",
+    "compile": "auto", "model_overrides": {}, "code_version": "0.1.0",
 }  # fmt: skip
-GOLDEN_HASH = "2960dbb02a9a993ce62a2ce412365b5f620fe3e59dccd5c06ca9a38b450d249b"
+GOLDEN_HASH = "d3bb3d434bd495c9fac8f2fe3e9e7bf96e95639c1531670818bbcafa8ffffdcb"
 
 
 def test_hash_is_sha256_of_the_canonical_json():
@@ -187,6 +187,7 @@ CHANGED = {
     "tversky_smooth": 1.0,
     "logit_clamp": 10.0,
     "precision": "bf16",
+    "compile": "on",
     "model_overrides": {"drop_path": 0.0},
     "code_version": "9.9.9",
 }
@@ -237,3 +238,9 @@ def test_replace_validates():
     assert c.replace(epochs=3).epochs == 3
     with pytest.raises(ConfigError, match="epochs"):
         c.replace(epochs=-3)
+
+
+def test_compile_switch_reads_yaml_booleans_and_names_the_choices():
+    assert make(compile=True).compile == "on" and make(compile=False).compile == "off"
+    with pytest.raises(ConfigError, match=r"compile: Input should be 'off', 'on' or 'auto'"):
+        make(compile="yes")
