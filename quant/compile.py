@@ -52,12 +52,17 @@ def compile_model(model: torch.nn.Module, *, dynamic: bool | None = False, **kwa
     module (it shares `model`'s parameters). `dynamic=False` by default: each batch shape gets
     its own static graph (a training run sees two or three)."""
     check_matmul_precision()
-    options = {**BIT_EXACT_OPTIONS, **kwargs.pop("options", {})}
-    return torch.compile(model, fullgraph=True, dynamic=dynamic, options=options, **kwargs)
+    return torch.compile(model, fullgraph=True, dynamic=dynamic, **_with_options(kwargs))
 
 
 def compile_function(fn, *, dynamic: bool | None = False, **kwargs: Any):
     """The same for a function (e.g. quant.nvfp4.fake_quantize)."""
     check_matmul_precision()
-    options = {**BIT_EXACT_OPTIONS, **kwargs.pop("options", {})}
-    return torch.compile(fn, fullgraph=True, dynamic=dynamic, options=options, **kwargs)
+    return torch.compile(fn, fullgraph=True, dynamic=dynamic, **_with_options(kwargs))
+
+
+def _with_options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Inductor gets BIT_EXACT_OPTIONS; the debugging backends (eager, aot_eager) take none."""
+    if kwargs.get("backend", "inductor") != "inductor":
+        return kwargs
+    return {**kwargs, "options": {**BIT_EXACT_OPTIONS, **kwargs.get("options", {})}}
