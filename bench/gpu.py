@@ -1,7 +1,7 @@
 """The GPU check: one command, one table, under 8 minutes on an H100/H200.
 
     python -m bench.gpu                      # on a CUDA machine
-    python -m bench.gpu --device cpu --quick # every code path on the CPU, tiny sizes (a test runs it)
+    python -m bench.gpu --device cpu --quick # every code path on the CPU, tiny (a test runs it)
 
 Sections (each row: eager | compiled | note; ratios are measured side by side in this run):
 1. golden   the CUDA tests of tests/quant (`pytest -m "gpu and not slow"`: golden vectors,
@@ -343,8 +343,8 @@ SECTIONS = {
 def print_table(rows: list[Row], header: str) -> None:
     widths = [9, 30, 26, 30]
     print(f"\n{header}")
-    cols = ("section", "item", "eager", "compiled", "note")
-    print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=False)) + "note"[4:])
+    cols = ("section", "item", "eager", "compiled")
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)) + "  note")
     for r in rows:
         cells = (r.section, r.item, r.eager, r.compiled)
         line = "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True))

@@ -47,10 +47,11 @@ def check_matmul_precision() -> None:
         )
 
 
-def compile_model(model: torch.nn.Module, *, dynamic: bool | None = False, **kwargs: Any):
+def compile_model(model: torch.nn.Module, *, dynamic: bool | None = None, **kwargs: Any):
     """`torch.compile(model, fullgraph=True)` with `BIT_EXACT_OPTIONS`; returns the compiled
-    module (it shares `model`'s parameters). `dynamic=False` by default: each batch shape gets
-    its own static graph (a training run sees two or three)."""
+    module (it shares `model`'s parameters). `dynamic=None` is torch's automatic dynamic
+    shapes: the first batch size gets a static graph, a second one (an epoch's last batch)
+    one graph with a symbolic batch dimension that serves every later size."""
     check_matmul_precision()
     return torch.compile(model, fullgraph=True, dynamic=dynamic, **_with_options(kwargs))
 

@@ -17,7 +17,9 @@ and every error names the field (as a dotted path) and, for choices, the valid v
       recipe: [baseline, nvfp4, 2d_rht_sr]
       seed: [2026, 2027]
       fold: [holdout]                # or f0..f4 with split: kfold
-    protocol: {epochs: 3, batch_size: 8}     # overrides of the paper's training protocol
+    protocol: {epochs: 3, batch_size: 8}     # overrides of the paper's training protocol, and
+                                     # compile: auto | on | off (torch.compile the step;
+                                     # auto: on CUDA only; a bare on/off reads as a boolean)
     model_overrides: {}              # passed to models.build_model (e.g. swin shift option)
     resources: {cpus_per_trial: 1, gpus_per_trial: 0.25, max_concurrent: 4}
     tracking_uri: null               # default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db

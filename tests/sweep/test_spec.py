@@ -120,3 +120,14 @@ def test_run_refuses_a_missing_data_path_before_starting(tmp_path, capsys):
     assert main(["run", str(spec)]) == 2
     assert "data.path" in capsys.readouterr().err
     assert not (tmp_path / "st").exists()
+
+
+def test_protocol_compile_switch_from_yaml(tmp_path):
+    """`compile: on` in YAML is a boolean; it reaches every trial's config (and its hash)."""
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump(MINIMAL) + "protocol:\n  compile: on\n")
+    (trial,) = expand(load_spec(spec)).trials
+    assert trial.config.compile == "on"
+    assert trial.config.config_hash != expand(parse_spec(MINIMAL)).trials[0].config.config_hash
+    with pytest.raises(ValueError, match="compile: Input should be 'off', 'on' or 'auto'"):
+        expand(parse_spec(_with(protocol={"compile": "fast"})))
