@@ -26,7 +26,7 @@ and every error names the field (as a dotted path) and, for choices, the valid v
     storage: ./sweeps                # a folder, a shared filesystem, or s3://bucket/prefix
                                      # (default: $SWEEP_STORAGE, else ./sweeps)
     storage_endpoint: null           # e.g. http://minio:9000 for s3:// on MinIO
-    failure: {max_retries: 2}
+    failure: {max_retries: 2, tracking_wait_s: 60}
     search: null                     # or an Optuna search, see `SearchSpec`
     save_weights: false              # log each trial's best weights to MLflow
     analyze: false                   # run `sweep analyze NAME` when the sweep ends
@@ -126,6 +126,9 @@ class ResourceSpec(_Strict):
 
 class FailureSpec(_Strict):
     max_retries: int = Field(2, ge=0)
+    # How long a trial's end waits for an unreachable MLflow before it leaves its undelivered
+    # records in the sweep's storage (delivered by the next run/resume/status/sync).
+    tracking_wait_s: float = Field(60.0, ge=0)
 
 
 class SearchParam(_Strict):

@@ -90,6 +90,11 @@ class TrackingConfig(_Frozen):
     parent_run_id: str | None = None
     tags: dict[str, str] = {}
     log_weights: bool = False  # upload the best weights as an artifact
+    # How long a trial's end waits for an unreachable MLflow; what is still undelivered then is
+    # copied to `outbox` (the sweep's storage: trainables.outbox), or stays in the checkpoint.
+    finish_timeout_s: float = Field(60.0, ge=0)
+    outbox: str | None = None
+    outbox_endpoint: str | None = None  # s3 endpoint of the outbox (MinIO), if any
 
 
 class TestHooks(_Frozen):

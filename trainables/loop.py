@@ -62,6 +62,7 @@ from trainables.checkpoint import (
     save_checkpoint,
 )
 from trainables.config import TrialConfig
+from trainables.failures import FAILURE_TAGS, NonFiniteLoss, record_failure
 from trainables.losses import SegmentationLoss
 from trainables.metrics import PixelHistogram, pr_curve_points, prediction_histogram
 
@@ -69,8 +70,8 @@ from trainables.metrics import PixelHistogram, pr_curve_points, prediction_histo
 TIMING_KEYS = frozenset({"epoch_time_s"})
 
 
-class NonFiniteLossError(RuntimeError):
-    """Training diverged: a loss became NaN or infinite."""
+#: Training diverged (trainables.failures: never retried).
+NonFiniteLossError = NonFiniteLoss
 
 
 class NonFiniteOperandError(NonFiniteLossError):
@@ -536,11 +537,14 @@ TRACKING_DIR = "tracking"  # the MLflow journal, inside the checkpoint so it tra
 
 
 def build_tracker(config: TrialConfig, checkpoint_dir: Path):
-    """The trial's MLflow tracker, reopening the run id the checkpoint kept (None: no tracking)."""
+    """The trial's MLflow tracker, reopening the run id the checkpoint kept (None: no tracking).
+    With an outbox, records still undelivered at the end are kept there (trainables.outbox). An
+    entry an earlier attempt of this trial left there is dropped: this attempt supersedes it
+    (its restored journal holds the same records, and its own end sets the run's status)."""
     if config.tracking is None:
         return None
     import quant
-    from trainables.tracking import TrialTracker
+    from trainables.tracking import TrialTracker, resolve_tracking_uri
 
     recipe = quant.get_recipe(config.recipe)
     sha = config.code_version.partition("+g")[2]
@@ -559,6 +563,14 @@ def build_tracker(config: TrialConfig, checkpoint_dir: Path):
         **config.tracking.tags,
     }
     params = config.model_dump(mode="json", exclude={"tracking", "test_hooks"})
+    keep_pending = None
+    if config.tracking.outbox:
+        from trainables.outbox import Outbox, keeper
+
+        outbox = Outbox.at(config.tracking.outbox, config.tracking.outbox_endpoint)
+        outbox.discard(tags["trial_key"])
+        uri = resolve_tracking_uri(config.tracking.tracking_uri)
+        keep_pending = keeper(outbox, tags["trial_key"], uri)
     tracker = TrialTracker(
         tracking_uri=config.tracking.tracking_uri,
         experiment=config.tracking.experiment,
@@ -568,6 +580,8 @@ def build_tracker(config: TrialConfig, checkpoint_dir: Path):
         buffer_dir=checkpoint_dir / TRACKING_DIR,
         parent_run_id=config.tracking.parent_run_id,
         run_id=read_tracking_state(checkpoint_dir).get("run_id"),
+        finish_timeout_s=config.tracking.finish_timeout_s,
+        keep_pending=keep_pending,
     )
     tracker.start()
     return tracker
@@ -604,8 +618,14 @@ def run_tracked(
     except (KeyboardInterrupt, SystemExit):
         status = "KILLED"
         raise
+    except Exception as exc:
+        if tracker is not None:
+            record_failure(tracker, exc)
+        raise
     finally:
         if tracker is not None:
+            if status == "FINISHED":  # an earlier attempt may have failed
+                tracker.log_tags({}, delete=FAILURE_TAGS)
             tracker.finish(status)
 
 
