@@ -23,7 +23,14 @@ Protocol (PAPER.md "Training", its defects not repeated):
   artifacts (config, history, PR curves, prediction histograms, their PNGs, the quantization-error
   table).
 - A non-finite training or validation loss raises NonFiniteLossError naming the epoch and step:
-  the run fails loudly; no batch or epoch is ever skipped.
+  the run fails loudly; no batch or epoch is ever skipped. So does a NaN/inf NVFP4 operand
+  (NonFiniteOperandError, a NonFiniteLossError): the quantizers record it in a device-side flag
+  (quant.nvfp4.FiniteCheck) instead of synchronizing, and each step reads the flag together
+  with the loss terms in one device-to-host transfer, after the backward and before the
+  optimizer step.
+- `compile` (off | on | auto = CUDA only): the steps run through quant.compile.compile_model
+  (torch.compile, fullgraph, bit-exact quantization); the module itself stays eager for
+  telemetry and checkpoints.
 - Device: CUDA with bf16 autocast when available (`precision="auto"`), fp32 on CPU, where the run
   is deterministic (torch.use_deterministic_algorithms) and bitwise reproducible for a fixed
   number of threads, across a stop and restore included.
