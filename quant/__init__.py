@@ -11,6 +11,7 @@
 - `quant.prepare(model, recipe)`: convert a model's layers in place (`is_quantized`).
 - `quant.telemetry`: per-layer quantization error (SQNR, zero-scale blocks).
 - `quant.te`: the optional Transformer Engine backend (imports TE lazily).
+- `quant.compile`: torch.compile of a quantized model with bit-exact compiler settings.
 
 Only torch is imported here; see ../shared/NVFP4.md for the numerics this package implements.
 """

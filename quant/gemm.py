@@ -248,15 +248,18 @@ def read_positions(
     Pure Python on the layer's geometry, memoized: no tensor, so no host sync and nothing for a
     compiler to trace beyond a dict lookup."""
     key = (size, out, kernel, stride, pad, dilation)
-    if key not in _READ_POSITIONS:
-        used = [False] * size
-        for tap in range(kernel):
-            for o in range(out):
-                index = o * stride + tap * dilation - pad
-                if 0 <= index < size:
-                    used[index] = True
+    known = _READ_POSITIONS.get(key)
+    if known is not None:
+        return known
+    used = [False] * size
+    for tap in range(kernel):
+        for o in range(out):
+            index = o * stride + tap * dilation - pad
+            if 0 <= index < size:
+                used[index] = True
+    if not torch.compiler.is_compiling():  # a traced insertion inside a backward breaks Dynamo
         _READ_POSITIONS[key] = tuple(used)
-    return _READ_POSITIONS[key]
+    return tuple(used)
 
 
 _READ_POSITIONS: dict[tuple[int, ...], tuple[bool, ...]] = {}

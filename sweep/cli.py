@@ -103,6 +103,18 @@ def _status(p: argparse.ArgumentParser) -> None:
     _json_flag(p, "counts and per-trial rows as JSON")
 
 
+@command(
+    "sync",
+    "Deliver the MLflow records a sweep's trials kept in its storage during an outage.",
+    "sweep.sync:main",
+)
+def _sync(p: argparse.ArgumentParser) -> None:
+    _sweep_name(p)
+    p.add_argument(
+        "--timeout", type=float, default=0.0, help="seconds to keep retrying (default: one try)"
+    )
+
+
 @command("submit", "Submit a sweep to a Ray cluster through the Jobs API.", "sweep.run_cli:submit")
 def _submit(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="sweep spec (YAML); it travels with the job")

@@ -27,7 +27,8 @@ class Entry:
     config: dict
     state: str = "PENDING"
     metrics: dict = field(default_factory=dict)
-    error: str | None = None
+    error: str | None = None  # why it failed: "<exception type>: <message>" (one line)
+    failure_kind: str | None = None  # trainables.failures kinds: non_finite_loss, data_error, ...
     updated: float = 0.0
 
 
@@ -88,6 +89,7 @@ class Ledger:
         entry.config_hash, entry.config, entry.state = config_hash, config, state
         entry.metrics = extra.get("metrics", entry.metrics)
         entry.error = extra.get("error")
+        entry.failure_kind = extra.get("failure_kind")
         entry.updated = time.time()
         self.entries[key] = entry
 

@@ -24,13 +24,29 @@ def _payload(trial) -> dict:
     return trial.config["trial"]
 
 
+def failure_reason(trial) -> tuple[str, str]:
+    """(one-line reason, kind) of a failed trial: what the trial reported when it failed for good
+    (trainables.failures), else the last line of the error Ray recorded."""
+    result = trial.last_result or {}
+    if result.get("failure_reason"):
+        return str(result["failure_reason"]), str(result.get("failure_kind") or "error")
+    text = ""
+    try:
+        with open(trial.error_file, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except (OSError, TypeError):  # no error file (TypeError: error_file is None)
+        pass
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (lines[-1][:500] if lines else "error (no message recorded)"), "error"
+
+
 class LedgerCallback(Callback):
     """Record every trial in the ledger the moment it ends (finished or failed for good)."""
 
     def __init__(self, store: SweepStore):
         self.store = store
 
-    def _record(self, trial, state: str, error: str | None = None) -> None:
+    def _record(self, trial, state: str, **extra) -> None:
         payload = _payload(trial)
         if payload.get("search"):  # an Optuna sample: the runner records its study as a whole
             return
@@ -43,7 +59,7 @@ class LedgerCallback(Callback):
             payload["trial"],
             state,
             metrics=metrics,
-            error=error,
+            **extra,
         )
         ledger.save()
 
@@ -51,8 +67,10 @@ class LedgerCallback(Callback):
         self._record(trial, FINISHED)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        # Called once retries are exhausted; a later `sweep run` resumes it from its checkpoint.
-        self._record(trial, FAILED, error=str(getattr(trial, "error_file", None) or "error"))
+        # Called once retries are exhausted (or at once for a failure a retry cannot fix); a
+        # later `sweep run` resumes it from its checkpoint.
+        reason, kind = failure_reason(trial)
+        self._record(trial, FAILED, error=reason, failure_kind=kind)
 
 
 class ProgressCallback(Callback):
@@ -97,4 +115,4 @@ class ProgressCallback(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._failed += 1
-        self._print(f"FAILED {_payload(trial)['trial_key']} (see `sweep status`)")
+        self._print(f"FAILED {_payload(trial)['trial_key']}: {failure_reason(trial)[0]}")

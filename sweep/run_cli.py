@@ -95,16 +95,20 @@ def status(args) -> int:
         return 0
     from sweep.status import format_status, sweep_status
     from sweep.storage import SweepStore
+    from sweep.sync import sync_outbox
 
     root = _storage_root(args)
     store = SweepStore.open(root, args.name)
     if not store.exists("spec.yaml"):
         return _fail(f"no sweep named {args.name!r} in storage {root!r}")
+    synced = sync_outbox(store)  # records kept during an outage: delivered if MLflow is back
     rows = sweep_status(store)
     if args.json:
         print(json.dumps([r.__dict__ for r in rows], indent=1))
     else:
         print(format_status(args.name, rows))
+        if synced.summary(args.name):
+            print(synced.summary(args.name))
     return 0
 
 

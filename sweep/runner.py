@@ -29,6 +29,7 @@ from sweep.ledger import FINISHED, Ledger
 from sweep.plan import Plan, PlannedTrial, expand
 from sweep.spec import SpecError, SweepSpec, resolve_storage, spec_to_yaml
 from sweep.storage import SweepStore, filesystem_for
+from sweep.sync import keep_parent_status, outbox_uri, short_http_retries, sync_outbox
 
 TRAINABLE_ENV = {"NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
 COMPLETE_MARKER = ".complete"
@@ -167,7 +168,9 @@ def _init_ray(address: str | None) -> None:
 def _run_config(spec: SweepSpec, store: SweepStore, experiment: str, keys: list[str]):
     from ray import tune
 
+    from sweep.outage import TrackingOutageCallback
     from sweep.progress import LedgerCallback, ProgressCallback
+    from trainables.tracking import resolve_tracking_uri
 
     fs, path = filesystem_for(store.tune_uri, spec.storage_endpoint)
     storage_path = store.tune_uri if store.is_local else path
@@ -177,7 +180,11 @@ def _run_config(spec: SweepSpec, store: SweepStore, experiment: str, keys: list[
         storage_filesystem=None if store.is_local else fs,
         failure_config=tune.FailureConfig(max_failures=spec.failure.max_retries),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-        callbacks=[LedgerCallback(store), ProgressCallback(total=len(keys))],
+        callbacks=[
+            LedgerCallback(store),
+            ProgressCallback(total=len(keys)),
+            TrackingOutageCallback(resolve_tracking_uri(spec.tracking_uri), outbox_uri(store)),
+        ],
         verbose=0,
     )
 
@@ -341,8 +348,16 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None) -> SweepOutcome:
     ledger.check_conflicts({t.key: (t.config.config_hash, t.config.to_dict()) for t in plan.trials})
     store.write_text(spec_to_yaml(spec), "spec.yaml")
 
+    _print_sync(spec.name, sync_outbox(store))  # records kept during an earlier outage
     tracking_uri, parent_run_id = _start_parent_run(spec, plan)
-    tracking = {"uri": tracking_uri, "experiment": spec.name, "parent_run_id": parent_run_id}
+    tracking = {
+        "uri": tracking_uri,
+        "experiment": spec.name,
+        "parent_run_id": parent_run_id,
+        "outbox": outbox_uri(store),
+        "outbox_endpoint": spec.storage_endpoint,
+        "finish_timeout_s": spec.failure.tracking_wait_s,
+    }
     outcome = SweepOutcome(
         spec.name,
         len(plan.trials),
@@ -384,7 +399,8 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None) -> SweepOutcome:
             outcome.finished.append(t.key)
         else:
             outcome.failed.append(t.key)
-    _finish_parent_run(tracking_uri, parent_run_id, ok=outcome.ok)
+    _print_sync(spec.name, sync_outbox(store))  # trials that ended during an outage
+    _finish_parent_run(store, tracking_uri, parent_run_id, ok=outcome.ok)
     if spec.analyze:
         from sweep.analyze_cli import analyze
 
@@ -392,12 +408,24 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None) -> SweepOutcome:
     return outcome
 
 
-def _finish_parent_run(uri: str, run_id: str | None, *, ok: bool) -> None:
+def _finish_parent_run(store: SweepStore, uri: str, run_id: str | None, *, ok: bool) -> None:
     if run_id is None:
         return
     from mlflow.tracking import MlflowClient
 
-    MlflowClient(uri).set_terminated(run_id, status="FINISHED" if ok else "FAILED")
+    status = "FINISHED" if ok else "FAILED"
+    try:
+        with short_http_retries():
+            MlflowClient(uri).set_terminated(run_id, status=status)
+    except Exception as exc:  # MLflow unreachable: the status waits in the outbox
+        where = keep_parent_status(store, uri, run_id, status)
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        print(f"tracking: the sweep's parent run status ({status}) kept in {where}: {reason}")
+
+
+def _print_sync(name: str, synced) -> None:
+    if synced.summary(name):
+        print(synced.summary(name), flush=True)
 
 
 def resume_sweep(

@@ -22,15 +22,17 @@ and every error names the field (as a dotted path) and, for choices, the valid v
       recipe: [baseline, nvfp4, 2d_rht_sr, 2d_rht_sr_4o6mse]
       seed: [2026, 2027]
       fold: [holdout]                # or f0..f4 with split: kfold
-    protocol: {epochs: 3, batch_size: 8}     # overrides of the paper's training protocol
-                                     # (backend: emulated | te, see trainables.config)
+    protocol: {epochs: 3, batch_size: 8}     # overrides of the paper's training protocol, and
+                                     # compile: auto | on | off (torch.compile the step;
+                                     # auto: on CUDA only; a bare on/off reads as a boolean),
+                                     # backend: emulated | te (see trainables.config)
     model_overrides: {}              # passed to models.build_model (e.g. swin shift option)
     resources: {cpus_per_trial: 1, gpus_per_trial: 0.25, max_concurrent: 4}
     tracking_uri: null               # default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
     storage: ./sweeps                # a folder, a shared filesystem, or s3://bucket/prefix
                                      # (default: $SWEEP_STORAGE, else ./sweeps)
     storage_endpoint: null           # e.g. http://minio:9000 for s3:// on MinIO
-    failure: {max_retries: 2}
+    failure: {max_retries: 2, tracking_wait_s: 60}
     search: null                     # or an Optuna search, see `SearchSpec`
     save_weights: false              # log each trial's best weights to MLflow
     analyze: false                   # run `sweep analyze NAME` when the sweep ends
@@ -138,6 +140,9 @@ class ResourceSpec(_Strict):
 
 class FailureSpec(_Strict):
     max_retries: int = Field(2, ge=0)
+    # How long a trial's end waits for an unreachable MLflow before it leaves its undelivered
+    # records in the sweep's storage (delivered by the next run/resume/status/sync).
+    tracking_wait_s: float = Field(60.0, ge=0)
 
 
 class SearchParam(_Strict):

@@ -23,6 +23,7 @@ from sweep.plan import expand
 from sweep.runner import COMPLETE_MARKER, DRIVER_FILE
 from sweep.spec import parse_spec
 from sweep.storage import SweepStore
+from sweep.sync import grid_key, outbox_for
 
 
 @dataclass
@@ -34,6 +35,8 @@ class TrialStatus:
     metrics: dict | None = None
     eta_s: float | None = None
     changed: list[str] | None = None  # settings changed since the trial ended
+    error: str | None = None  # why it failed (FAILED only)
+    tracking_pending: int = 0  # MLflow records kept in the sweep's storage (sweep.sync)
 
 
 def _last_result(store: SweepStore, experiment: str, key: str) -> tuple[dict | None, float]:
@@ -85,7 +88,10 @@ def sweep_status(store: SweepStore, *, stale_after: float = 300.0) -> list[Trial
                 changed = changed_settings(entry.config, trial.config.to_dict())
             epoch = entry.metrics.get("epoch")
             metrics = entry.metrics
-            rows.append(TrialStatus(key, entry.state, epoch, epochs, metrics, changed=changed))
+            error = entry.error if entry.state == "FAILED" else None
+            rows.append(
+                TrialStatus(key, entry.state, epoch, epochs, metrics, changed=changed, error=error)
+            )
             continue
         row = TrialStatus(key, "PENDING", epochs=epochs)
         for experiment in reversed(experiments):
@@ -107,6 +113,15 @@ def sweep_status(store: SweepStore, *, stale_after: float = 300.0) -> list[Trial
             )
             break
         rows.append(row)
+    return _with_tracking_pending(store, rows)
+
+
+def _with_tracking_pending(store: SweepStore, rows: list[TrialStatus]) -> list[TrialStatus]:
+    kept = Counter()
+    for entry in outbox_for(store).entries():
+        kept[grid_key(entry["trial_key"])] += entry["pending"]
+    for row in rows:
+        row.tracking_pending = kept[row.key]
     return rows
 
 
@@ -129,6 +144,7 @@ def format_status(name: str, rows: list[TrialStatus]) -> str:
             f"{r.key:44} {state:12} {epoch:>7} {_fmt(m.get('val_loss')):>9} "
             f"{_fmt(m.get('val_auprc')):>9} {_eta(r.eta_s):>7}"
         )
+    lines += [f"  {r.key} failed: {r.error}" for r in rows if r.state == "FAILED" and r.error]
     changed = sorted({name for r in rows for name in r.changed or ()})
     if changed:
         lines.append(

@@ -24,15 +24,20 @@ Atomic writes: each file goes to a temporary name in the same folder, is flushed
 `os.replace`d over the old one (atomic on POSIX), and the folder is fsync'd so the rename itself
 survives a crash. A kill at any moment leaves either the previous checkpoint or the new one.
 `load_checkpoint` refuses a checkpoint written for a different config (hash mismatch) and names
-the fields that differ.
+the fields that differ, and raises CorruptCheckpoint naming the file when it cannot be read (a
+truncated upload, a damaged disk). `restore_newest_intact` then falls back to the newest older
+checkpoint that reads, with a warning naming both.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import random
+import shutil
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +45,10 @@ import numpy as np
 import torch
 
 from trainables.config import TrialConfig
+from trainables.failures import FAILURE_FILE
 from trainables.files import atomic_write
+
+logger = logging.getLogger(__name__)
 
 FORMAT = 1
 STATE_FILE = "state.pt"
@@ -50,6 +58,10 @@ TRACKING_FILE = "tracking.json"
 
 class CheckpointMismatch(ValueError):
     """The checkpoint belongs to another config (a different experiment)."""
+
+
+class CorruptCheckpoint(ValueError):
+    """A checkpoint file that cannot be read (truncated, damaged); the message names it."""
 
 
 # --------------------------------------------------------------------------- RNG state
@@ -127,11 +139,13 @@ def load_checkpoint(
     path = Path(directory) / STATE_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    state = torch.load(path, map_location=map_location, weights_only=True)
-    if state.get("format") != FORMAT:
-        raise CheckpointMismatch(
-            f"{path}: checkpoint format {state.get('format')}, expected {FORMAT}"
-        )
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
+        raise CorruptCheckpoint(f"{path} cannot be read: {type(exc).__name__}: {exc}") from exc
+    found = state.get("format") if isinstance(state, dict) else type(state).__name__
+    if found != FORMAT:
+        raise CheckpointMismatch(f"{path}: checkpoint format {found}, expected {FORMAT}")
     if config is not None and state["config_hash"] != config.config_hash:
         raise CheckpointMismatch(_mismatch_message(path, state, config))
     return state
@@ -140,7 +154,52 @@ def load_checkpoint(
 def read_tracking_state(directory: str | os.PathLike) -> dict[str, Any]:
     """The tracking state (e.g. {"run_id": ...}) of a checkpoint, without loading the weights."""
     path = Path(directory) / TRACKING_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CorruptCheckpoint(f"{path} cannot be read: {exc}") from exc
+
+
+def check_intact(directory: str | os.PathLike) -> None:
+    """Raise CorruptCheckpoint if a checkpoint folder cannot be restored from. A folder holding
+    only a failure mark (trainables.failures) is intact: it restores to that failure."""
+    directory = Path(directory)
+    if (directory / FAILURE_FILE).is_file() and not (directory / STATE_FILE).is_file():
+        return
+    read_tracking_state(directory)
+    load_checkpoint(directory)
+
+
+def restore_newest_intact(
+    candidates: Iterable[tuple[str, Callable[[Path], None]]], target: str | os.PathLike
+) -> str:
+    """Fetch checkpoints into `target`, newest first, until one is intact; returns its name.
+
+    `candidates` are (name, fetch) pairs, `fetch(target)` copying that checkpoint's files into
+    the empty folder `target`. A checkpoint that cannot be read is skipped with a warning naming
+    it and the one restored instead; none intact raises the first one's CorruptCheckpoint.
+    """
+    target = Path(target)
+    skipped: list[tuple[str, CorruptCheckpoint]] = []
+    for name, fetch in candidates:
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+        fetch(target)
+        try:
+            check_intact(target)
+        except CorruptCheckpoint as exc:
+            # Name the checkpoint where it is kept, not the local copy that was read.
+            skipped.append((name, CorruptCheckpoint(str(exc).replace(str(target), name))))
+            continue
+        for _, exc in skipped:
+            logger.warning("%s; restoring the checkpoint %s instead", exc, name)
+        return name
+    shutil.rmtree(target, ignore_errors=True)
+    if skipped:
+        raise skipped[0][1]
+    raise FileNotFoundError("no checkpoint to restore")
 
 
 def _mismatch_message(path: Path, state: dict[str, Any], config: TrialConfig) -> str:

@@ -16,8 +16,9 @@ spec exists nowhere else, and a built-in's settings are pinned with the run), th
 number of folds, the dataset path and version string, or the synthetic dataset's parameters; the
 image size; augmentation on/off), the whole protocol (epochs, batch size, optimizer, lr, weight
 decay, gradient clipping, plateau scheduler, early stopping, loss weights and Tversky parameters,
-logit clamp, precision, backend), the model overrides, and the code version (package version +
-git sha).
+logit clamp, precision, backend, compile: a compiled step quantizes bit for bit as eager code,
+but its fp32 sums may run in another order), the model overrides, and the code version (package
+version + git sha).
 
 `backend` is "emulated" (quant.prepare: every layer kind, every recipe, any device) or "te"
 (Transformer Engine on a Blackwell GPU: ViT/Swin Linear layers through transformer_engine.pytorch,
@@ -97,6 +98,11 @@ class TrackingConfig(_Frozen):
     parent_run_id: str | None = None
     tags: dict[str, str] = {}
     log_weights: bool = False  # upload the best weights as an artifact
+    # How long a trial's end waits for an unreachable MLflow; what is still undelivered then is
+    # copied to `outbox` (the sweep's storage: trainables.outbox), or stays in the checkpoint.
+    finish_timeout_s: float = Field(60.0, ge=0)
+    outbox: str | None = None
+    outbox_endpoint: str | None = None  # s3 endpoint of the outbox (MinIO), if any
 
 
 class TestHooks(_Frozen):
@@ -151,6 +157,7 @@ class TrialConfig(_Frozen):
     logit_clamp: float = Field(20.0, gt=0)  # BCE sees logits clamped to [-c, c]
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     backend: Literal["emulated", "te"] = "emulated"
+    compile: Literal["off", "on", "auto"] = "auto"  # torch.compile the step; auto: on CUDA only
     model_overrides: dict[str, Any] = {}
     code_version: str = Field(default_factory=lambda: code_version())
 
@@ -180,6 +187,12 @@ class TrialConfig(_Frozen):
             if data.get(key) is None:
                 data[key] = value
         return data
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _yaml_switch(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare `on`/`off` as a boolean.
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
     @field_validator("scale")
     @classmethod
@@ -275,6 +288,11 @@ class TrialConfig(_Frozen):
             return
         kinds = quantized_layer_kinds(self.model_arch)
         if self.backend == "te":
+            if self.compile == "on":
+                raise ValueError(
+                    "compile: on compiles the emulated quantizer; backend 'te' runs Transformer "
+                    "Engine's own kernels (use compile: auto or off)"
+                )
             check_te_trial(recipe, kinds, what=self.arch)
         elif "conv" in kinds and any(recipe.operand(*slot).row_scaled for slot in SLOTS):
             raise ValueError(

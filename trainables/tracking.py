@@ -23,13 +23,15 @@ Three rules make a trial exactly one run whatever happens to the process or the 
    values (what the MLflow run table and ``run.data.metrics`` show) even when a per-epoch metric
    has the same name.
 
-3. **Journal first, deliver second.** Every record (run opening, params, metrics, artifacts,
-   status) is appended to a JSONL journal in ``buffer_dir`` and fsync'd before any network call;
-   delivered records are acknowledged in the same journal. A failed delivery (connection refused,
-   timeout, 5xx, a locked sqlite file) leaves the record pending and training goes on: one warning
-   per outage, none per record. Every later call first delivers the pending records in order;
-   ``finish()`` retries with backoff for a bounded time and returns a ``DeliveryReport``. Whatever
-   is still pending stays in the journal, for a resumed trial or ``flush_journal`` to deliver.
+3. **Journal first, deliver second.** Every record (run opening, params, metrics, tags,
+   artifacts, status) is appended to a JSONL journal in ``buffer_dir`` and fsync'd before any
+   network call; delivered records are acknowledged in the same journal. A failed delivery
+   (connection refused, timeout, 5xx, a locked sqlite file) leaves the record pending and
+   training goes on: one warning per outage, none per record. Every later call first delivers
+   the pending records in order; ``finish()`` retries with backoff for a bounded time and returns
+   a ``DeliveryReport``. Whatever is still pending stays in the journal, for a resumed trial or
+   ``flush_journal`` to deliver, or is handed to ``keep_pending`` (the sweep's storage:
+   trainables.outbox), because a trial's own folder does not outlive it.
    If the server was down when the trial started, the run is found or created at the first
    delivery that succeeds. Records MLflow refuses for good (a 4xx answer: an invalid name, a
    param whose value changed) are acknowledged as rejected, counted and warned about.
@@ -52,7 +54,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +66,7 @@ from mlflow.utils.validation import (
     MAX_METRICS_PER_BATCH,
     MAX_PARAM_VAL_LENGTH,
     MAX_PARAMS_TAGS_PER_BATCH,
+    MAX_TAG_VAL_LENGTH,
 )
 
 logger = logging.getLogger(__name__)
@@ -462,6 +465,8 @@ class _Courier:
             self._log_metrics(client, record)
         elif kind == "artifact":
             self._log_artifact(client, record)
+        elif kind == "tags":
+            self._log_tag_changes(client, record)
         elif kind == "status":
             client.set_terminated(self.run_id, record["status"], end_time=record["t"])
         else:
@@ -508,6 +513,14 @@ class _Courier:
             step = record["metrics"][0]["step"]
             client.log_batch(self.run_id, tags=[RunTag(FINAL_STEP_TAG, str(step))])
             self.final_step = step
+
+    def _log_tag_changes(self, client: MlflowClient, record: dict) -> None:
+        _log_tags(client, self.run_id, record.get("tags", {}))
+        if record.get("delete"):  # deleting a tag the run lacks is an error in MLflow
+            present = client.get_run(self.run_id).data.tags
+            for key in record["delete"]:
+                if key in present:
+                    client.delete_tag(self.run_id, key)
 
     def _log_artifact(self, client: MlflowClient, record: dict) -> None:
         blob = self.journal.directory / record["blob"]
@@ -608,6 +621,13 @@ def _flush_until(courier: _Courier, timeout_s: float) -> bool:
     return True
 
 
+def pending_records(buffer_dir: Path) -> int:
+    """How many records of the journal in ``buffer_dir`` are not delivered yet (0: no journal)."""
+    if not (Path(buffer_dir) / JOURNAL_NAME).exists():
+        return 0
+    return len(_Journal(Path(buffer_dir)).pending)
+
+
 def flush_journal(
     buffer_dir: Path, tracking_uri: str | None = None, *, timeout_s: float = 0.0
 ) -> DeliveryReport:
@@ -631,7 +651,10 @@ class TrialTracker:
     docstring for the rules); bad input (a non-numeric metric, a missing file) raises at once.
 
     ``retry_after_s`` is the first wait between delivery attempts during an outage (it doubles,
-    at most 60 s); ``finish_timeout_s`` bounds the retries of ``finish()``.
+    at most 60 s); ``finish_timeout_s`` bounds the retries of ``finish()``. ``keep_pending``, when
+    given, is called by ``finish()`` with the journal folder if records are still pending, and
+    returns where it put them (the sweep's storage: trainables.outbox), so that they outlive the
+    trial's folder.
     """
 
     def __init__(
@@ -647,6 +670,7 @@ class TrialTracker:
         run_id: str | None = None,
         finish_timeout_s: float = 60.0,
         retry_after_s: float = 5.0,
+        keep_pending: Callable[[Path, DeliveryReport], str] | None = None,
     ):
         for field, value in (("experiment", experiment), ("trial_key", trial_key)):
             if not isinstance(value, str) or not value.strip():
@@ -665,6 +689,7 @@ class TrialTracker:
         self.parent_run_id = parent_run_id
         self.finish_timeout_s = finish_timeout_s
         self.retry_after_s = retry_after_s
+        self.keep_pending = keep_pending
         self._explicit_run_id = run_id
         self._journal: _Journal | None = None
         self._courier: _Courier | None = None
@@ -741,6 +766,21 @@ class TrialTracker:
             blob.write_text(json.dumps(obj, indent=2, default=str), encoding="utf-8")
         self._record_artifact(blob, artifact_path)
 
+    def log_text(self, text: str, artifact_file: str) -> None:
+        """``text`` as the file ``artifact_file`` in the run."""
+        journal = self._open_journal()
+        artifact_path, name = _split_artifact_file(artifact_file)
+        blob = journal.blob_dir(journal.next_seq) / name
+        blob.write_text(text, encoding="utf-8")
+        self._record_artifact(blob, artifact_path)
+
+    def log_tags(self, tags: Mapping[str, str], delete: Iterable[str] = ()) -> None:
+        """Set ``tags`` on the run and remove the tags named in ``delete`` (if present)."""
+        journal = self._open_journal()
+        values = {str(k): str(v)[:MAX_TAG_VAL_LENGTH] for k, v in tags.items()}
+        journal.append("tags", tags=values, delete=sorted(delete))
+        self._flush()
+
     def log_figure(self, fig, artifact_file: str) -> None:
         """A matplotlib figure saved in the format its name says (.png, .svg, .pdf, ...)."""
         journal = self._open_journal()
@@ -764,7 +804,16 @@ class TrialTracker:
         journal.append("status", status=status)
         _flush_until(self._courier, self.finish_timeout_s)
         self._report = self._courier.report()
-        if not self._report.ok:
+        if self._report.pending and self.keep_pending is not None:
+            where = self.keep_pending(journal.directory, self._report)
+            logger.warning(
+                "trial %s: %d MLflow records not delivered; kept in %s and delivered by the "
+                "next `sweep run`, `sweep resume`, `sweep status` or `sweep sync`",
+                self.trial_key,
+                self._report.pending,
+                where,
+            )
+        elif not self._report.ok:
             logger.warning(
                 "trial %s: %d MLflow records not delivered, %d refused; the journal %s keeps "
                 "them (trainables.tracking.flush_journal delivers them later)",

@@ -261,3 +261,14 @@ protocol: {epochs: 2, batch_size: 8}
     result = train(config, checkpoint_dir=tmp_path / "run")
     assert [h["epoch"] for h in result.history] == [1, 2]
     assert all(math.isfinite(h["train_loss"]) for h in result.history)
+
+
+def test_protocol_compile_switch_from_yaml(tmp_path):
+    """`compile: on` in YAML is a boolean; it reaches every trial's config (and its hash)."""
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump(MINIMAL) + "protocol:\n  compile: on\n")
+    (trial,) = expand(load_spec(spec)).trials
+    assert trial.config.compile == "on"
+    assert trial.config.config_hash != expand(parse_spec(MINIMAL)).trials[0].config.config_hash
+    with pytest.raises(ValueError, match="compile: Input should be 'off', 'on' or 'auto'"):
+        expand(parse_spec(_with(protocol={"compile": "fast"})))

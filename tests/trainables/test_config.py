@@ -137,7 +137,7 @@ GOLDEN_FIELDS = {
     "plateau_patience": 10, "early_stop_min_delta": 0.001, "early_stop_patience": 20,
     "early_stop_warmup": 40, "bce_weight": 1.0, "tversky_weight": 1.0, "tversky_alpha": 0.3,
     "tversky_beta": 0.7, "tversky_smooth": 1e-05, "logit_clamp": 20.0, "precision": "auto",
-    "model_overrides": {}, "code_version": "0.1.0", "backend": "emulated",
+    "compile": "auto", "model_overrides": {}, "code_version": "0.1.0", "backend": "emulated",
     "recipe_definition": {
         "name": "baseline", "paper_id": 0,
         **{
@@ -153,7 +153,7 @@ GOLDEN_FIELDS = {
         },
     },
 }  # fmt: skip
-GOLDEN_HASH = "eed76a597447ec687afdd6a5f3d90eafd870bc9cb8ec4b3a3a1b12b5b78d373f"
+GOLDEN_HASH = "8054079eae6cad21a8e3fbe76a40d681b1bdb77e8f779469f2307ad2ef4bb0aa"
 
 
 def test_hash_is_sha256_of_the_canonical_json():
@@ -201,6 +201,7 @@ CHANGED = {
     "tversky_smooth": 1.0,
     "logit_clamp": 10.0,
     "precision": "bf16",
+    "compile": "on",
     "model_overrides": {"drop_path": 0.0},
     "code_version": "9.9.9",
     "backend": "te",
@@ -322,6 +323,7 @@ def test_recipe_and_backend_errors_name_the_field(changes, message):
         ({"recipe": "fwd_only"}, "'fwd_only' cannot run on Transformer Engine: its DGRAD"),
         ({"recipe": "chain_rule"}, "'chain_rule' cannot run on Transformer Engine"),
         ({"recipe": "fwd_rht"}, "its FPROP operand is Q(H X)"),
+        ({"recipe": "nvfp4", "compile": "on"}, "backend 'te' runs Transformer Engine's own"),
         (
             {"recipe": "mine", "recipe_definition": MINE},
             "'mine' cannot run on Transformer Engine: its DGRAD operand is HP dY",
@@ -368,3 +370,9 @@ def test_mlflow_params_carry_the_full_recipe_definition(tmp_path):
     assert params["recipe_definition.fprop_weight.four_over_six"] == "mae"
     assert params["recipe_definition.fprop_weight.e4m3_max"] == "256"
     assert params["recipe_definition.dgrad_weight.mode"] == "hp"
+
+
+def test_compile_switch_reads_yaml_booleans_and_names_the_choices():
+    assert make(compile=True).compile == "on" and make(compile=False).compile == "off"
+    with pytest.raises(ConfigError, match=r"compile: Input should be 'off', 'on' or 'auto'"):
+        make(compile="yes")
