@@ -313,3 +313,23 @@ def test_chunked_four_over_six_equals_one_chunk(monkeypatch, block, options):
         monkeypatch.setattr(nvfp4, "_CHUNK_ELEMENTS", 1 << 17)
         expected = nvfp4.quantize(xt, block, **options)
         assert torch.equal(blocks, expected.decode_blocks()) and torch.equal(amax, expected.amax)
+
+
+def _te220_variants(x: torch.Tensor):
+    return [nvfp4.quantize(x, (16, 16), four_over_six="mae", e4m3_max=256)]
+
+
+@pytest.mark.slow
+def test_inductor_compiled_options_reproduce_the_golden_arrays(golden_4over6):
+    """Through Inductor with quant.compile's bit-exact settings, on the near-tie case where
+    any reassociated sum or approximate division would flip a candidate (16x16 tiles: the
+    element sums and the tile tree; one mode, as compiling costs ~10 s of CPU)."""
+    from quant.compile import compile_function
+
+    x = torch.from_numpy(golden_4over6["neartie256_64x128__input"])
+    eager, compiled = _te220_variants(x), compile_function(_te220_variants)(x)
+    for e, c in zip(eager, compiled, strict=True):
+        assert torch.equal(c.codes, e.codes) and torch.equal(c.scales, e.scales)
+        assert torch.equal(c.amax, e.amax)
+    expected = golden_4over6["neartie256_64x128__4o6_2d_mae_g256_exact__codes"]
+    assert np.array_equal(compiled[0].codes.numpy(), expected)
