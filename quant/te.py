@@ -301,8 +301,8 @@ def te_prepare(model: nn.Module, recipe: Recipe | str, *, skip: Skip = None) -> 
 def te_model(model: nn.Module, recipe: Recipe | str, *, skip: Skip = None) -> nn.Module:
     """`te_prepare`, and the model's forward then always runs inside `te_autocast(recipe)`.
 
-    The forward is wrapped on the instance (no wrapper module), so parameter names and
-    checkpoints stay those of the emulated model.
+    The forward is wrapped on the instance (no wrapper module), so parameter names stay those
+    of the emulated model (te.Linear adds its own `_extra_state` entry to the state_dict).
     """
     recipe = get_recipe(recipe)
     te_prepare(model, recipe, skip=skip)
