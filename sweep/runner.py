@@ -350,6 +350,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None) -> SweepOutcome:
 
     _print_sync(spec.name, sync_outbox(store))  # records kept during an earlier outage
     tracking_uri, parent_run_id = _start_parent_run(spec, plan)
+    _describe(spec, plan, store, tracking_uri, parent_run_id)
     tracking = {
         "uri": tracking_uri,
         "experiment": spec.name,
@@ -357,6 +358,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None) -> SweepOutcome:
         "outbox": outbox_uri(store),
         "outbox_endpoint": spec.storage_endpoint,
         "finish_timeout_s": spec.failure.tracking_wait_s,
+        **spec.tracking.model_dump(),  # system metrics: the trainable passes them on
     }
     outcome = SweepOutcome(
         spec.name,
@@ -405,7 +407,22 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None) -> SweepOutcome:
         from sweep.analyze_cli import analyze
 
         outcome.report = str(analyze(spec.name, tracking_uri=tracking_uri).report)
+    _describe(spec, plan, store, tracking_uri, parent_run_id, outcome)
     return outcome
+
+
+def _describe(spec, plan, store, uri: str, run_id: str, outcome: SweepOutcome | None = None):
+    """The experiment's and the parent run's descriptions (sweep.notes), at start and at the end.
+    Descriptions are for reading: MLflow down at the end costs one quick try and a warning."""
+    from sweep.notes import describe_sweep
+
+    done = {} if outcome is None else {"finished": outcome.finished, "failed": outcome.failed}
+    try:
+        with short_http_retries():
+            describe_sweep(uri, spec, plan, storage=store.storage_uri, parent_run_id=run_id, **done)
+    except Exception as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        print(f"tracking: descriptions of {spec.name} not written: {reason}", file=sys.stderr)
 
 
 def _finish_parent_run(store: SweepStore, uri: str, run_id: str | None, *, ok: bool) -> None:
@@ -463,6 +480,6 @@ def print_outcome(outcome: SweepOutcome, out=sys.stdout) -> None:
     for key in outcome.failed:
         print(f"  not finished: {key}", file=out)
     print(f"storage:  {outcome.storage}", file=out)
-    print(f"tracking: {outcome.tracking_uri}  (open the UI with: sweep ui)", file=out)
+    print(f"tracking: {outcome.tracking_uri}  (browse it: sweep ui {outcome.name})", file=out)
     if outcome.report:
         print(f"report:   {outcome.report}", file=out)
