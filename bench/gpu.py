@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 PRIORITY = ("baseline", "2d_rht_sr", "nvfp4", "fwd_only", "chain_rule", "2d_rht", "sr_only")
-NOMINAL_TBPS = {"H100 SXM": 3.35, "H100 NVL": 3.9, "H100 PCIe": 2.0, "H200": 4.8, "A100": 2.0}
+NOMINAL_TBPS = {"H100 HBM3": 3.35, "H100 NVL": 3.9, "H100 PCIe": 2.0, "H200": 4.8}
 
 
 @dataclass
