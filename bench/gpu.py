@@ -404,6 +404,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench.gpu: unknown section(s) {sorted(unknown)}; valid: {', '.join(SECTIONS)}")
         return 2
     device = torch.device(args.device)
+    # Many compiled copies of one model class and of fake_quantize (one graph per mode) may
+    # exceed Dynamo's default of 8 entries per code object, a hard error under fullgraph.
+    torch._dynamo.config.recompile_limit = 64
+    torch._dynamo.config.accumulated_recompile_limit = 1024
     b = Bench(device, QUICK if args.quick else FULL)
     rows: list[Row] = []
     start = time.perf_counter()
