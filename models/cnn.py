@@ -37,7 +37,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.layers import NVFP4_BLOCK, SegmentationModel, require_int, require_rate
+from models.layers import (
+    NVFP4_BLOCK,
+    SegmentationModel,
+    full_precision_head,
+    require_int,
+    require_rate,
+)
 
 
 @dataclass(frozen=True)
@@ -86,9 +92,9 @@ class DecoderStage(nn.Module):
             self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+        if self.last:  # the output layer: float32 logits even under autocast
+            return full_precision_head(self.conv, x)
         x = self.conv(x)
-        if self.last:
-            return x
         return self.drop(torch.cat([self.act(self.norm(x)), skip], dim=1))
 
 

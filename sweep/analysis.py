@@ -45,7 +45,8 @@ The protocol (PAPER.md, "Evaluation and analysis"):
 - Attention-discretization diagnostics (not in the paper): when softmax attention collapses to a few
   discrete patterns the model emits only a handful of probability values: the PR curve becomes a
   staircase and the prediction histogram a comb of isolated spikes. Two per-run signals, each with a
-  documented threshold (see `histogram_spikiness`, `DISTINCT_VALUES_THRESHOLD`).
+  documented threshold: `hist_spikiness` (trainables.histogram.histogram_spikiness, the one measure
+  the training loop logs as `*_hist_spikiness` too) and `DISTINCT_VALUES_THRESHOLD`.
 """
 
 from __future__ import annotations
@@ -71,9 +72,9 @@ GROUP = ["split", "arch", "scale"]  # recipes are compared within one of these
 CELL = [*GROUP, "recipe"]  # one summary row
 
 # A run is flagged as discretized when more than half of its interior prediction mass sits in
-# isolated histogram spikes, or when it emits fewer distinct (fp16) probabilities than this. A
-# continuous model scoring ~10^5-10^7 pixels produces thousands of distinct fp16 values (there are
-# ~15k in [0, 1]); a model whose attention snapped to a few patterns produces a few dozen.
+# isolated histogram spikes, or when it emits fewer distinct (float32) probabilities than this. A
+# continuous model scoring ~10^5-10^7 pixels produces ~10^5-10^7 distinct values; a model whose
+# attention snapped to a few patterns produces a few dozen.
 SPIKINESS_THRESHOLD = 0.5
 DISTINCT_VALUES_THRESHOLD = 256
 
@@ -137,10 +138,14 @@ def normalize(
     values = values.merge(base, on=key, how="left")
     ok = values["baseline_value"].notna() & (values["baseline_value"] != 0)
     values["normalized"] = np.where(ok, 100.0 * values["value"] / values["baseline_value"], np.nan)
-    reason = np.where(
-        values["baseline_value"].isna(),
+    # A finished baseline without the metric is not the same problem as no finished baseline.
+    finished = table.loc[(table["status"] == FINISHED) & (table["recipe"] == baseline), key]
+    finished = finished.astype(str).drop_duplicates().assign(_finished=True)
+    found = values[key].astype(str).merge(finished, on=key, how="left")["_finished"]
+    reason = np.select(
+        [values["baseline_value"].notna(), found.notna().to_numpy()],
+        [f"{baseline} {metric} is 0", f"{baseline} finished without {metric}"],
         f"no finished {baseline} run at this arch/scale/seed/fold",
-        f"{baseline} {metric} is 0",
     )
     excluded = values.loc[~ok, ["trial_key", "arch", "scale", "recipe", *BLOCK]]
     excluded = excluded.assign(reason=reason[~ok.to_numpy()])
@@ -510,7 +515,9 @@ PROBLEM_OF_STATUS = {
 def completeness(table: pd.DataFrame, plan: list[dict] | None, norm: Normalization) -> pd.DataFrame:
     """Every trial that does not contribute fully, one row each with its `problem`:
     missing (planned, never tracked), failed / killed / running, no <metric> (finished without
-    the metric), no baseline (excluded from normalized stats), not in plan (tracked, unplanned)."""
+    the metric), no baseline (excluded from normalized stats; `detail` says why: no finished
+    baseline run, a baseline that finished without the metric, or a zero baseline), not in plan
+    (tracked, unplanned)."""
     cols = ["trial_key", "arch", "scale", "recipe", "seed", "fold"]
     parts = []
     tracked = set(table["trial_key"])
@@ -525,11 +532,12 @@ def completeness(table: pd.DataFrame, plan: list[dict] | None, norm: Normalizati
     finished = table[table["status"] == FINISHED]
     no_metric = finished[~finished["trial_key"].isin(set(norm.values["trial_key"]))]
     parts.append(no_metric[[*cols, "status"]].assign(problem=f"no {norm.metric}"))
-    parts.append(norm.excluded[cols].assign(status=FINISHED, problem="no baseline"))
+    no_baseline = norm.excluded.rename(columns={"reason": "detail"})
+    parts.append(no_baseline[[*cols, "detail"]].assign(status=FINISHED, problem="no baseline"))
     out = pd.concat(
         [p for p in parts if not p.empty] or [pd.DataFrame(columns=cols)], ignore_index=True
     )
-    return out.reindex(columns=[*cols, "status", "problem"]).reset_index(drop=True)
+    return out.reindex(columns=[*cols, "status", "problem", "detail"]).reset_index(drop=True)
 
 
 def completeness_counts(
@@ -555,38 +563,11 @@ def completeness_counts(
 # ---------------------------------------------------------------- discretization diagnostics
 
 
-def histogram_spikiness(counts: Sequence[float], *, window: int = 3, sigmas: float = 3.0) -> float:
-    """Share of the interior prediction mass that sits in isolated spikes, in [0, 1].
-
-    The first and last bins (confident background / foreground) are left out: every good
-    segmentation model piles most pixels there. Each interior bin is compared with the median of
-    the bins within `window` on either side (a running median follows any smooth shape, U-shaped or
-    not); its excess over that baseline, less a Poisson allowance of `sigmas` * sqrt(median + 1)
-    so sampling noise in sparse tails does not count, is spike mass::
-
-        spikiness = sum_i max(0, c_i - med_i - sigmas * sqrt(med_i + 1)) / sum_i c_i
-
-    A smooth histogram scores ~0; a comb of a few discrete values with empty bins between them
-    scores ~1. NaN when there is no histogram; 0 when the interior is empty.
-    """
-    c = np.asarray(counts, dtype=float)
-    if c.size < 3 or np.isnan(c).any():
-        return math.nan
-    interior = c[1:-1]
-    total = interior.sum()
-    if total <= 0:
-        return 0.0
-    padded = np.pad(interior, window, mode="edge")
-    windows = np.lib.stride_tricks.sliding_window_view(padded, 2 * window + 1)
-    baseline = np.median(windows, axis=1)
-    excess = np.maximum(0.0, interior - baseline - sigmas * np.sqrt(baseline + 1.0))
-    return float(excess.sum() / total)
-
-
 def discretization(table: pd.DataFrame) -> pd.DataFrame:
     """Per run: distinct predicted values (metric `test_distinct_pred_values`), the histogram
-    spikiness (`hist_spikiness`, from the run's pred_hist.json) and whether either crosses its
-    threshold. Missing inputs are NaN and never flag."""
+    spikiness (`hist_spikiness`, trainables.histogram's measure of the run's pred_hist.json, the
+    value the loop logs as `test_hist_spikiness`) and whether either crosses its threshold.
+    Missing inputs are NaN and never flag."""
     cols = ["trial_key", "arch", "scale", "recipe", "seed", "fold", "status"]
     out = table[cols].copy()
     out["distinct_pred_values"] = _column(table, "test_distinct_pred_values")

@@ -85,6 +85,9 @@ def analyze(
     if log_to_mlflow and from_snapshot is None and sweep_runs.parent_run_id is not None:
         report.log_to_parent(uri, sweep_runs.parent_run_id, out_dir)
         logged = sweep_runs.parent_run_id
+        from sweep.notes import refresh_analysis  # the sweep's notes point to the report
+
+        refresh_analysis(uri, name, logged)
     return AnalyzeResult(path, out_dir, [*files, path], logged)
 
 

@@ -233,6 +233,12 @@ def _data_synth(p: argparse.ArgumentParser) -> None:
 
 @command("ui", "Start the MLflow UI on the configured tracking store.", "sweep.ui_cli:main")
 def _ui(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "sweep",
+        nargs="?",
+        help="a sweep's name or spec (YAML): print the URL of its experiment page",
+    )
+    p.add_argument("--storage", help="storage root (default: $SWEEP_STORAGE or ./sweeps)")
     p.add_argument("--tracking-uri", help=_TRACKING_HELP)
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=5000, help="port to listen on (default 5000)")

@@ -1,13 +1,22 @@
 """The paper's figures from a sweep's analysis, as PNG and PDF.
 
-- Fig 4: AUPRC vs scale, one panel per architecture, mean +- 95% t-CI per recipe.
+- Fig 4: AUPRC vs scale, one panel per architecture, mean +- 95% t-CI per recipe (each recipe
+  offset a little sideways, so intervals at one scale do not hide each other).
 - Fig 5: PR curves and prediction histograms at the smallest scale present, one run per
   (arch, recipe) (the lowest seed): attention discretization shows as staircase PR curves and
-  spiky histograms.
-- Fig 6: normalized AUPRC (100 = same-seed baseline) per recipe, one dot per seed and mean +- 95%
-  CI, in arch x scale panels.
+  spiky histograms. A PR curve is drawn as the step function whose area is the run's AP:
+  precision P_i over recall (R_{i+1}, R_i] (trainables.metrics.pr_curve_points), never the
+  lower-recall precision held across a step.
+- Fig 6 (the paper's layout): normalized AUPRC, "% of BF16 baseline" (100 = the same-seed
+  baseline), one dot per seed and mean +- 95% CI per recipe in paper order; architectures as rows
+  (Swin, CNN, then the ViTs), scales as columns; the recipes with stochastic rounding, the RHT or
+  2D (16x16) weight scaling shaded.
 - Fig 7: k-fold cross-validation, one dot per fold and mean +- SD (the paper reports SD for the
   folds), arch x recipe groups per scale; drawn only when the sweep has folds f0...
+
+One colour per recipe in every figure: the paper's recipes take tab10's colour of their paper id
+(0-7), any other recipe a colour picked from its name, so a recipe looks the same in every figure
+and every sweep. Titles are wrapped to their panel or figure width, never clipped.
 
 Every figure renders for incomplete grids: a planned cell with no usable runs is drawn empty with
 a note, a panel with missing runs says how many in its title, and a single seed or a single scale
@@ -20,6 +29,8 @@ backend).
 
 from __future__ import annotations
 
+import textwrap
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +46,9 @@ DPI = 110
 PANEL = (3.4, 2.8)  # inches per panel, its labels included
 MARGIN = {"left": 0.8, "right": 0.2, "top": 0.7, "bottom": 0.9}  # inches around the panels
 LEGEND = 1.4  # inches to the right for a figure legend
+FIG6_ARCH_ORDER = ("swin", "cnn", "vit_adamw", "vit_adamax")  # the paper's Fig 6 rows first
+TITLE_CHAR, SUPTITLE_CHAR = 0.075, 0.095  # inches per character at 9 pt and 11 pt, generously
+SHADE = "0.9"  # background of the recipes with SR, RHT or 2D scaling (Fig 6)
 
 
 # --------------------------------------------------------------------------- the grid to draw
@@ -59,11 +73,25 @@ def grid_axes(table: pd.DataFrame, plan: list[dict] | None = None) -> dict[str, 
     }
 
 
-def _colors(recipes: list[str]) -> dict[str, tuple]:
+def recipe_color(recipe: str, recipe_id: float | None = None) -> tuple:
+    """The recipe's colour in every figure: tab10 by paper id (0-7), else one picked by name."""
     from matplotlib import colormaps
 
-    cmap = colormaps["tab10"]
-    return {r: cmap(i % 10) for i, r in enumerate(recipes)}
+    if recipe_id is not None and not pd.isna(recipe_id) and 0 <= int(recipe_id) <= 7:
+        return colormaps["tab10"](int(recipe_id))
+    return colormaps["Dark2"](zlib.crc32(str(recipe).encode()) % 8)
+
+
+def _colors(*frames: pd.DataFrame) -> dict[str, tuple]:
+    """recipe -> colour for every recipe in `frames` (each with recipe and recipe_id columns)."""
+    ids: dict[str, float] = {}
+    for frame in frames:
+        if frame is not None and not frame.empty and "recipe" in frame:
+            ids_col = frame["recipe_id"] if "recipe_id" in frame else pd.Series(np.nan, frame.index)
+            for recipe, rid in zip(frame["recipe"], ids_col, strict=True):
+                if recipe not in ids or pd.isna(ids[recipe]):
+                    ids[recipe] = rid
+    return {r: recipe_color(r, rid) for r, rid in ids.items()}
 
 
 def _note(ax: Axes, text: str) -> None:
@@ -93,6 +121,7 @@ def _panels(
     # for each format (PNG, PDF). Shared axes also hide the inner panels' tick labels.
     rows, cols = max(rows, 1), max(cols, 1)
     width = panel_width * cols + MARGIN["left"] + MARGIN["right"] + (LEGEND if legend else 0)
+    title = _wrap(title, width - 0.2, SUPTITLE_CHAR)
     top = MARGIN["top"] + 0.2 * title.count("\n")  # inches; more for a two-line title
     height = PANEL[1] * rows + top + MARGIN["bottom"]
     fig = Figure(figsize=(width, height))
@@ -109,8 +138,17 @@ def _panels(
     return fig, axes
 
 
+def _wrap(text: str, inches: float, char: float) -> str:
+    """`text` broken into lines that fit `inches` at `char` inches per character."""
+    width = max(int(inches / char), 8)
+    return "\n".join(textwrap.fill(line, width) for line in text.split("\n"))
+
+
 def _title(ax: Axes, text: str) -> None:
-    ax.set_title(text, fontsize=9, y=1.01)  # an explicit y skips matplotlib's auto-placement
+    # Wrapped to the panel's width (never clipped or run into the next panel), at an explicit y,
+    # which skips matplotlib's auto-placement.
+    inches = ax.get_position().width * ax.figure.get_figwidth()
+    ax.set_title(_wrap(text, inches, TITLE_CHAR), fontsize=9, y=1.01)
 
 
 def _label(metric: str) -> str:
@@ -125,7 +163,7 @@ def fig4_auprc_vs_scale(analysis: Analysis, axes: dict[str, list[str]]) -> Figur
     """Mean +- 95% t-CI of the metric vs scale, one line per recipe, one panel per arch."""
     summary = analysis.summary[analysis.summary["split"] == "holdout"]
     archs, scales, recipes = axes["arch"], axes["scale"], axes["recipe"]
-    colors = _colors(recipes)
+    colors = _colors(summary)
     fig, panels = _panels(
         1, len(archs), f"Fig 4: {_label(analysis.metric)} vs scale", legend=True, sharey=True
     )
@@ -133,13 +171,15 @@ def fig4_auprc_vs_scale(analysis: Analysis, axes: dict[str, list[str]]) -> Figur
     for ax, arch in zip(panels[0], archs or [None], strict=False):
         _title(ax, arch or "no runs")
         cells = summary[summary["arch"] == arch]
-        for recipe in recipes:
+        for k, recipe in enumerate(recipes):
             rows = cells[cells["recipe"] == recipe].sort_values("scale", key=lambda s: s.map(x_of))
             if rows.empty:
                 continue
             err = np.vstack([rows["mean"] - rows["ci95_lo"], rows["ci95_hi"] - rows["mean"]])
+            # A small sideways offset per recipe, so intervals at one scale do not hide each other.
+            dodge = 0.3 * (k / max(len(recipes) - 1, 1) - 0.5) if len(recipes) > 1 else 0.0
             ax.errorbar(
-                rows["scale"].map(x_of),
+                rows["scale"].map(x_of) + dodge,
                 rows["mean"],
                 yerr=np.nan_to_num(err),
                 marker="o",
@@ -194,7 +234,7 @@ def fig5_curves(table: pd.DataFrame, curves: dict[str, dict], axes: dict[str, li
         for ax in panels[0]:
             _note(ax, "no pr_curve.json / pred_hist.json artifacts")
         return fig
-    colors = _colors(axes["recipe"] or ordered(rows["recipe"], []))
+    colors = _colors(rows)
     for (pr_ax, hist_ax), arch in zip(panels, archs, strict=True):
         drawn_pr = drawn_hist = False
         for _, run in rows[rows["arch"] == arch].iterrows():
@@ -223,6 +263,17 @@ def fig5_curves(table: pd.DataFrame, curves: dict[str, dict], axes: dict[str, li
     return fig
 
 
+def pr_staircase(recall: np.ndarray, precision: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Vertices of the PR step function: with the points ordered by recall, decreasing, P_i holds
+    over (R_{i+1}, R_i] (trainables.metrics.pr_curve_points), so the area under the polyline is
+    sum_i (R_i - R_{i+1}) P_i = AP. Vertical segments add no area."""
+    order = np.argsort(-recall, kind="stable")
+    recall, precision = recall[order], precision[order]
+    xs = np.repeat(recall, 2)[1:]  # R0, R1, R1, R2, R2, ...
+    ys = np.repeat(precision, 2)[:-1]  # P0, P0, P1, P1, ...
+    return xs, ys
+
+
 def _draw_pr(ax: Axes, pr: dict | None, color, label: str) -> bool:
     try:
         recall = np.asarray(pr["recall"], dtype=float)
@@ -231,9 +282,7 @@ def _draw_pr(ax: Axes, pr: dict | None, color, label: str) -> bool:
         return False
     if recall.size == 0 or recall.size != precision.size:
         return False
-    order = np.argsort(recall, kind="stable")
-    # A step plot: average precision is the area under exactly this staircase.
-    ax.plot(recall[order], precision[order], drawstyle="steps-post", color=color, lw=1, label=label)
+    ax.plot(*pr_staircase(recall, precision), color=color, lw=1, label=label)
     return True
 
 
@@ -255,19 +304,22 @@ def _draw_hist(ax: Axes, hist: dict | None, color, label: str) -> bool:
 def fig6_normalized(
     analysis: Analysis, axes: dict[str, list[str]], plan: list[dict] | None = None
 ) -> Figure:
-    """Normalized metric per recipe: a dot per seed, mean +- 95% CI; rows arch, columns scale."""
+    """Normalized metric per recipe (paper order): a dot per seed, mean +- 95% CI; rows arch
+    (Swin, CNN, ...), columns scale; the recipes with SR, RHT or 2D scaling shaded."""
     values = analysis.norm.values
     values = values[(values["split"] == "holdout") & values["normalized"].notna()]
     summary = analysis.summary[analysis.summary["split"] == "holdout"]
-    archs, scales = axes["arch"], axes["scale"]
+    archs = ordered(axes["arch"], FIG6_ARCH_ORDER)
+    scales = axes["scale"]
     recipes = [r for r in axes["recipe"] if r != BASELINE]
-    colors = _colors(axes["recipe"])
+    colors = _colors(values, summary)
     planned = pd.DataFrame(plan) if plan else None
     title = (
-        f"Fig 6: normalized {_label(analysis.metric)} (100 = same-seed {BASELINE})\n"
-        "dots: seeds; bars: mean ± 95% CI"
+        f"Fig 6: normalized {_label(analysis.metric)}, % of the same-seed BF16 baseline\n"
+        "dots: seeds; bars: mean ± 95% CI; shaded: SR, RHT or 2D scaling"
     )
     fig, panels = _panels(len(archs), len(scales), title, sharey="row", sharex=True)
+    shaded = [i for i, r in enumerate(recipes) if fancy_scaling(r)]
     for i, arch in enumerate(archs or [None]):
         for j, scale in enumerate(scales or [None]):
             ax = panels[i, j]
@@ -277,13 +329,26 @@ def fig6_normalized(
                 & (values["recipe"] != BASELINE)
             ]
             stats_ = summary[(summary["arch"] == arch) & (summary["scale"] == scale)]
-            _draw_normalized_cell(ax, cell, stats_, recipes, colors)
+            _draw_normalized_cell(ax, cell, stats_, recipes, colors, shaded)
             _title(ax, f"{arch} / {scale}{_shortfall(planned, arch, scale, len(cell))}")
             if cell.empty:
                 _note(ax, "no normalized runs\n(missing runs or baseline)")
     for ax in panels[:, 0]:
-        ax.set_ylabel("normalized (%)")
+        ax.set_ylabel("% of BF16 baseline")
     return fig
+
+
+def fancy_scaling(recipe: str) -> bool:
+    """Whether a registered recipe uses stochastic rounding, the RHT or 2D (16x16) scaling on
+    any operand (False for a recipe this process does not know)."""
+    from quant.recipes import SLOTS, get_recipe  # imports torch: only when Fig 6 is drawn
+
+    try:
+        recipe_ = get_recipe(recipe)
+    except ValueError:
+        return False
+    operands = [recipe_.operand(gemm, role) for gemm, role in SLOTS]
+    return any(op.stochastic or op.rht or op.block == (16, 16) for op in operands)
 
 
 def _shortfall(planned: pd.DataFrame | None, arch: str, scale: str, have: int) -> str:
@@ -302,9 +367,16 @@ def _shortfall(planned: pd.DataFrame | None, arch: str, scale: str, have: int) -
 
 
 def _draw_normalized_cell(
-    ax: Axes, cell: pd.DataFrame, stats_: pd.DataFrame, recipes: list[str], colors: dict
+    ax: Axes,
+    cell: pd.DataFrame,
+    stats_: pd.DataFrame,
+    recipes: list[str],
+    colors: dict,
+    shaded: list[int],
 ) -> None:
     # One scatter and one errorbar call per panel (not per recipe): artists dominate the cost.
+    for x in shaded:
+        ax.axvspan(x - 0.5, x + 0.5, color=SHADE, lw=0, zorder=0)
     ax.axhline(100, color="0.6", lw=0.8, ls="--")
     x_of = {r: i for i, r in enumerate(recipes)}
     dots = cell[cell["recipe"].isin(x_of)]
@@ -318,7 +390,7 @@ def _draw_normalized_cell(
             s=8,
             lw=0,
             alpha=0.6,
-            c=[colors[r] for r in dots["recipe"]],
+            c=[colors.get(r, "k") for r in dots["recipe"]],
         )
     bars = stats_[stats_["recipe"].isin(x_of) & (stats_["norm_n"] > 0)]
     if not bars.empty:
@@ -359,7 +431,7 @@ def fig7_kfold(analysis: Analysis) -> Figure | None:
         folds["recipe"].unique(),
         key=lambda r: (folds.loc[folds["recipe"] == r, "recipe_id"].min(), r),
     )
-    colors = _colors(recipes)
+    colors = _colors(folds)
     groups = [(a, r) for a in archs for r in recipes]
     fig, panels = _panels(
         1,

@@ -86,8 +86,9 @@ def _completeness(analysis: Analysis) -> str:
     text = [
         "## Completeness\n",
         "Failed, killed, running and missing trials are listed here and never used or filled "
-        "in; runs without a same-seed baseline are excluded from the normalized statistics "
-        "only.\n",
+        "in; runs without a usable same-seed baseline are excluded from the normalized "
+        "statistics only (`detail` says why: no finished baseline run, a baseline that "
+        "finished without the metric, or a baseline of 0).\n",
         markdown_table(counts),
     ]
     if not analysis.issues.empty:
@@ -157,7 +158,9 @@ def _ranks(analysis: Analysis) -> str:
             "## Rank stability (Kendall's W)\n",
             "Each seed ranks the recipes; W = 1 when every seed gives the same order, 0 for no "
             "agreement (tie-corrected); p from Friedman's chi-square m (n - 1) W "
-            "(`rank_stability.csv`).\n",
+            f"(`rank_stability.csv`). `mean_rank` is each recipe's rank averaged over the seeds, "
+            f"counting up from the lowest {analysis.metric}: rank 1 is the worst recipe of a "
+            f"seed, rank n the best (ties share the average rank).\n",
             markdown_table(analysis.ranks),
         ]
     )

@@ -559,6 +559,7 @@ def _run_trials(
     store.write_text(spec_to_yaml(spec), "spec.yaml")
     _print_sync(spec.name, sync_outbox(store))  # records kept during an earlier outage
     parent_run_id = _start_parent_run(tracking_uri, spec, plan)
+    _describe(spec, plan, store, tracking_uri, parent_run_id)
     tracking = {
         "uri": tracking_uri,
         "experiment": spec.name,
@@ -566,6 +567,7 @@ def _run_trials(
         "outbox": outbox_uri(store),
         "outbox_endpoint": spec.storage_endpoint,
         "finish_timeout_s": spec.failure.tracking_wait_s,
+        **spec.tracking.model_dump(),  # system metrics: the trainable passes them on
     }
     outcome = SweepOutcome(
         spec.name,
@@ -601,6 +603,7 @@ def _run_trials(
         from sweep.analyze_cli import analyze
 
         outcome.report = str(analyze(spec.name, tracking_uri=tracking_uri).report)
+    _describe(spec, plan, store, tracking_uri, parent_run_id, outcome)
     return outcome
 
 
@@ -619,6 +622,20 @@ def _fit_pending(spec, plan: Plan, store: SweepStore, pending: list, tracking: d
         _fit_new(spec, store, rest, tracking)
     for trial in rest if spec.search is not None else []:
         _fit_search(spec, store, trial, tracking)
+
+
+def _describe(spec, plan, store, uri: str, run_id: str, outcome: SweepOutcome | None = None):
+    """The experiment's and the parent run's descriptions (sweep.notes), at start and at the end.
+    Descriptions are for reading: MLflow down at the end costs one quick try and a warning."""
+    from sweep.notes import describe_sweep
+
+    done = {} if outcome is None else {"finished": outcome.finished, "failed": outcome.failed}
+    try:
+        with short_http_retries():
+            describe_sweep(uri, spec, plan, storage=store.storage_uri, parent_run_id=run_id, **done)
+    except Exception as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        print(f"tracking: descriptions of {spec.name} not written: {reason}", file=sys.stderr)
 
 
 def _finish_parent_run(
@@ -678,6 +695,6 @@ def print_outcome(outcome: SweepOutcome, out=sys.stdout) -> None:
     for key in outcome.failed:
         print(f"  not finished: {key}", file=out)
     print(f"storage:  {outcome.storage}", file=out)
-    print(f"tracking: {outcome.tracking_uri}  (open the UI with: sweep ui)", file=out)
+    print(f"tracking: {outcome.tracking_uri}  (browse it: sweep ui {outcome.name})", file=out)
     if outcome.report:
         print(f"report:   {outcome.report}", file=out)

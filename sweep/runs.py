@@ -6,7 +6,7 @@ recipe_id, seed, fold, split_seed, config_hash, git_sha) and final metrics (test
 ...). The table has one row per trial: the tag columns, `run_id`, `status`, `start_time`,
 `end_time`, `artifact_uri`, `n_runs` (how many MLflow runs carried that trial_key; the kept one is
 the finished one, else the latest), `hist_spikiness` computed from the run's `pred_hist.json`
-artifact (see `sweep.analysis.histogram_spikiness`; NaN without one), then one column per metric
+artifact (`trainables.histogram.histogram_spikiness`; NaN without one), then one column per metric
 (its latest value: final metrics must be logged at a step after the last epoch's).
 
 Speed: runs come from `search_runs` in pages of thousands (one SQL query per page, not one call per
@@ -32,7 +32,7 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 import pandas as pd
 
-from sweep.analysis import histogram_spikiness
+from trainables.histogram import histogram_spikiness
 
 log = logging.getLogger(__name__)
 

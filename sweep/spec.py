@@ -22,6 +22,7 @@ and every error names the field (as a dotted path) and, for choices, the valid v
     resources: {cpus_per_trial: 1, gpus_per_trial: 0.25, max_concurrent: 4,
                 pending_warning_s: 300}   # say why a trial waits longer than this
     tracking_uri: null               # default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
+    tracking: {system_metrics: auto, system_metrics_interval_s: 10}   # auto: on CUDA trials
     storage: ./sweeps                # a folder, a shared filesystem, or s3://bucket/prefix
                                      # (default: $SWEEP_STORAGE, else ./sweeps)
     storage_endpoint: null           # e.g. http://minio:9000 for s3:// on MinIO
@@ -132,6 +133,15 @@ class FailureSpec(_Strict):
     tracking_wait_s: float = Field(60.0, ge=0)
 
 
+class TrackingSpec(_Strict):
+    """What each trial records beyond its metrics; where it records is `tracking_uri`."""
+
+    # MLflow system metrics (CPU, memory; GPU with the `gpu` extra): auto = on CUDA trials only.
+    # YAML 1.1 reads on/off as booleans, so true/false/auto are the spellings.
+    system_metrics: bool | Literal["auto"] = "auto"
+    system_metrics_interval_s: float = Field(10.0, gt=0)
+
+
 class SearchParam(_Strict):
     type: Literal["loguniform", "uniform", "choice", "int"]
     low: float | None = None
@@ -176,6 +186,7 @@ class SweepSpec(_Strict):
     model_overrides: dict[str, Any] = {}
     resources: ResourceSpec = ResourceSpec()
     tracking_uri: str | None = None
+    tracking: TrackingSpec = TrackingSpec()
     storage: str | None = None  # default: $SWEEP_STORAGE, else ./sweeps
     storage_endpoint: str | None = None
     failure: FailureSpec = FailureSpec()

@@ -1,15 +1,21 @@
-"""`sweep ui [--tracking-uri URI] [--host 127.0.0.1] [--port 5000]`: the MLflow UI on the store.
+"""`sweep ui [SWEEP] [--tracking-uri URI] [--host 127.0.0.1] [--port 5000]`: the MLflow UI.
 
-The store is the one the sweeps log to (``--tracking-uri``, else MLFLOW_TRACKING_URI, else
+The store is the one the sweeps log to (``--tracking-uri``, else the spec's ``tracking_uri`` when
+SWEEP is a spec or a sweep whose spec is in the storage folder, else MLFLOW_TRACKING_URI, else
 ``sqlite:///./mlflow.db``, see ``trainables.tracking.resolve_tracking_uri``). For a database
 store this starts ``mlflow server`` (the UI and the REST API) on it, prints the URL and waits;
 Ctrl-C or SIGTERM stops the server and its workers. A store that is already an MLflow server
 (``http://...``) has its own UI: the command prints that URL and starts nothing.
 
-The server runs in its own process group, so stopping it reaches uvicorn's workers too; it is
-asked to stop with SIGINT (what Ctrl-C sends), then SIGTERM, then SIGKILL. MLflow's job executor
-(a background process for GenAI jobs the sweeps never use) is off unless
-MLFLOW_SERVER_ENABLE_JOB_EXECUTION says otherwise: it halves the start-up time.
+Given a sweep (its name, or its spec file), it also prints the URL of the sweep's experiment page
+in the training view with the trials listed (sweep.notes.experiment_page_url); an unknown sweep
+exits with code 2 and lists the experiments the store has.
+
+The server listens on 127.0.0.1 unless told otherwise. It runs in its own process group, so
+stopping it reaches uvicorn's workers too; it is asked to stop with SIGINT (what Ctrl-C sends),
+then SIGTERM, then SIGKILL. MLflow's job executor (a background process for GenAI jobs the sweeps
+never use) is off unless MLFLOW_SERVER_ENABLE_JOB_EXECUTION says otherwise: it halves the
+start-up time.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import sys
 import time
 from pathlib import Path
 
+from sweep.notes import experiment_page_url
 from trainables.tracking import resolve_tracking_uri
 
 
@@ -38,9 +45,16 @@ def server_command(tracking_uri: str, host: str, port: int) -> list[str]:
 
 
 def main(args: argparse.Namespace) -> int:
-    uri = resolve_tracking_uri(args.tracking_uri)
+    try:
+        name, uri = _sweep_and_store(args)
+        experiment_id = _experiment_id(uri, name) if name else None
+    except LookupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if uri.startswith(("http://", "https://")):
         print(f"The tracking store is an MLflow server already; its UI is at {uri}")
+        if experiment_id is not None:
+            print(f"Sweep {name}: {experiment_page_url(uri, experiment_id)}", flush=True)
         return 0
     if not _port_is_free(args.host, args.port):
         print(
@@ -56,11 +70,10 @@ def main(args: argparse.Namespace) -> int:
     server = subprocess.Popen(
         server_command(uri, args.host, args.port), env=env, start_new_session=True
     )
-    print(
-        f"MLflow UI: http://{args.host}:{args.port}  (store {uri}; server pid {server.pid}; "
-        "Ctrl-C stops it)",
-        flush=True,
-    )
+    base = f"http://{args.host}:{args.port}"
+    print(f"MLflow UI: {base}  (store {uri}; server pid {server.pid}; Ctrl-C stops it)", flush=True)
+    if experiment_id is not None:
+        print(f"Sweep {name}: {experiment_page_url(base, experiment_id)}", flush=True)
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         return server.wait()
@@ -70,6 +83,55 @@ def main(args: argparse.Namespace) -> int:
         return 0
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _sweep_and_store(args: argparse.Namespace) -> tuple[str | None, str]:
+    """The sweep's name (None when none was given) and the tracking URI to serve."""
+    given = getattr(args, "sweep", None)
+    if not given:
+        return None, resolve_tracking_uri(args.tracking_uri)
+    spec_uri = None
+    if given.endswith((".yaml", ".yml")) or Path(given).is_file():
+        from sweep.spec import SpecError, load_spec
+
+        try:
+            spec = load_spec(given)
+        except SpecError as exc:
+            raise LookupError(str(exc)) from None
+        name, spec_uri = spec.name, spec.tracking_uri
+    else:
+        name, spec_uri = given, _saved_tracking_uri(given, getattr(args, "storage", None))
+    return name, resolve_tracking_uri(args.tracking_uri or spec_uri)
+
+
+def _saved_tracking_uri(name: str, storage: str | None) -> str | None:
+    """The tracking_uri of the spec the sweep last ran with, if its storage folder has it."""
+    import yaml
+
+    from sweep.spec import resolve_storage
+    from sweep.storage import SweepStore
+
+    try:
+        store = SweepStore.open(resolve_storage(storage), name)
+        if not store.exists("spec.yaml"):
+            return None
+        return (yaml.safe_load(store.read_text("spec.yaml")) or {}).get("tracking_uri")
+    except (OSError, ValueError, yaml.YAMLError):
+        return None  # no readable storage: the store is then the flag's or the environment's
+
+
+def _experiment_id(uri: str, name: str) -> str:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None or experiment.lifecycle_stage != "active":
+        known = sorted(e.name for e in client.search_experiments(max_results=1000))
+        raise LookupError(
+            f"no sweep (MLflow experiment) named {name!r} in {uri}; "
+            f"experiments there: {', '.join(known) or 'none'}"
+        )
+    return experiment.experiment_id
 
 
 def _raise_keyboard_interrupt(signum, frame) -> None:

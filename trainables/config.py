@@ -18,8 +18,10 @@ logit clamp, precision), the model overrides, and the code version (package vers
 
 Not result-affecting (excluded from the hash, listed in `NOT_HASHED`): `num_workers` (augmentation
 is seeded per (seed, epoch, sample), so the number of loader processes cannot change a sample),
-`cache_dir` (where decoded data is kept), `tracking` (where results are logged), and `test_hooks`
-(failure injection for the restore tests; never set it in a real sweep).
+`cache_dir` (where decoded data is kept), `tracking` (where and what is logged, system metrics
+included: a sampler thread reads psutil/NVML counters and never touches the model, the data or
+any random stream), and `test_hooks` (failure injection for the restore tests; never set it in a
+real sweep).
 
 Protocol defaults are the paper's (PAPER.md, "Training"); optimizer, lr and weight decay default
 per arch from `ARCH_DEFAULTS` and can be overridden. Errors name the field:
@@ -88,6 +90,9 @@ class TrackingConfig(_Frozen):
     parent_run_id: str | None = None
     tags: dict[str, str] = {}
     log_weights: bool = False  # upload the best weights as an artifact
+    # MLflow's system metrics (CPU, memory; GPU with the `gpu` extra): "auto" = on CUDA only
+    system_metrics: bool | Literal["auto"] = "auto"
+    system_metrics_interval_s: float = Field(10.0, gt=0)
     # How long a trial's end waits for an unreachable MLflow; what is still undelivered then is
     # copied to `outbox` (the sweep's storage: trainables.outbox), or stays in the checkpoint.
     finish_timeout_s: float = Field(60.0, ge=0)

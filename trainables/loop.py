@@ -38,6 +38,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import math
 import os
 import random
@@ -63,7 +64,7 @@ from trainables.checkpoint import (
 from trainables.config import TrialConfig
 from trainables.failures import FAILURE_TAGS, NonFiniteLoss, record_failure
 from trainables.losses import SegmentationLoss
-from trainables.metrics import PixelHistogram, pr_curve_points, prediction_histogram
+from trainables.metrics import PixelScores, SplitMetrics
 
 #: Per-epoch keys that measure time, not results (left out of exactness comparisons).
 TIMING_KEYS = frozenset({"epoch_time_s"})
@@ -367,10 +368,10 @@ class TrainingRun:
         return {"train_loss": train[0], "train_bce": train[1], "train_tversky": train[2]}
 
     @torch.no_grad()
-    def evaluate(self, dataset) -> tuple[dict[str, float], PixelHistogram]:
-        """Loss terms and the pixel histogram of `dataset` under the current weights."""
+    def evaluate(self, dataset) -> tuple[dict[str, float], PixelScores]:
+        """Loss terms and the pixel scores of `dataset` under the current weights."""
         self.model.eval()
-        hist, sums, seen = PixelHistogram(), np.zeros(3), 0
+        hist, sums, seen = PixelScores(), np.zeros(3), 0
         for x, y in self._loader(dataset, shuffle=False, epoch=0):
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)
@@ -452,8 +453,8 @@ class TrainingRun:
         for split in ("val", "test"):
             losses, hist = self.evaluate(getattr(self.data, split))
             final.update({f"{split}_{k}": float(v) for k, v in losses.items()})
-            final.update({f"{split}_{k}": float(v) for k, v in hist.compute().items()})
-            curves[split] = hist.negatives_positives()
+            curves[split] = hist.result()
+            final.update({f"{split}_{k}": float(v) for k, v in curves[split].metrics.items()})
         paths = write_artifacts(self, curves)
         self.final_metrics = final
         self.save()
@@ -556,36 +557,66 @@ def run_tracked(
     artifacts_dir: Path | None = None,
 ):
     """The loop with its tracker's lifecycle around it; resumes if `checkpoint_dir` holds one.
-    Artifacts default to `checkpoint_dir`/artifacts, so Tune persists them with the checkpoint."""
+    Artifacts default to `checkpoint_dir`/artifacts, so Tune persists them with the checkpoint.
+
+    Around the loop, for the MLflow UI: the data as the run's dataset input, system metrics when
+    asked for (trainables.system_metrics), and the run's description once it ends, finished or
+    not (trainables.run_notes)."""
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     resume = checkpoint_dir if (checkpoint_dir / STATE_FILE).is_file() else None
     tracker = build_tracker(config, checkpoint_dir)
-    status = "FAILED"
+    status, result, error, monitor = "FAILED", None, None, None
     try:
-        result = train(
+        root = Path(data_root) if data_root is not None else resolve_data_root(config)
+        run = TrainingRun(
             config,
             checkpoint_dir=checkpoint_dir,
-            data_root=data_root,
+            data_root=root,
             resume_from=resume,
             device=device,
             tracker=tracker,
             callbacks=callbacks,
             artifacts_dir=artifacts_dir,
         )
+        monitor = _observe(tracker, config, run, root)
+        result = run.fit()
         status = "FINISHED"
         return result
     except (KeyboardInterrupt, SystemExit):
         status = "KILLED"
         raise
     except Exception as exc:
+        error = exc
         if tracker is not None:
             record_failure(tracker, exc)
         raise
     finally:
-        if tracker is not None:
-            if status == "FINISHED":  # an earlier attempt may have failed
-                tracker.log_tags({}, delete=FAILURE_TAGS)
-            tracker.finish(status)
+        _close_tracking(tracker, config, status, result, error, monitor)
+
+
+def _observe(tracker, config: TrialConfig, run: TrainingRun, root: Path):
+    """Log the run's dataset input; start its system-metrics monitor (None if not wanted)."""
+    if tracker is None:
+        return None
+    from trainables import run_notes, system_metrics
+
+    tracker.log_dataset(run_notes.dataset_input(config, run.data, root))
+    return system_metrics.start(config.tracking, tracker.run_id, run.device.type)
+
+
+def _close_tracking(tracker, config: TrialConfig, status: str, result, error, monitor) -> None:
+    if tracker is None:
+        return
+    from trainables import run_notes, system_metrics
+
+    system_metrics.stop(monitor)  # first: the monitor logs only while the run is RUNNING
+    try:
+        tracker.set_note(run_notes.trial_note(config, result, error))
+    except Exception as exc:  # a description is not worth masking how the run ended
+        logging.getLogger(__name__).warning("%s: no run description: %s", config.trial_key, exc)
+    if status == "FINISHED":  # an earlier attempt may have failed
+        tracker.log_tags({}, delete=FAILURE_TAGS)
+    tracker.finish(status)
 
 
 # --------------------------------------------------------------------------- artifacts
@@ -593,22 +624,17 @@ def run_tracked(
 # curve is downsampled to <= 512 points and the histogram has 100 bins.
 
 
-def write_artifacts(
-    run: TrainingRun, curves: dict[str, tuple[np.ndarray, np.ndarray]]
-) -> list[Path]:
+def write_artifacts(run: TrainingRun, curves: dict[str, SplitMetrics]) -> list[Path]:
     """config.json, history.json, pr_curve[_val].json, pred_hist[_val].json (no suffix: test),
     two PNGs, the quantization-error table, and the best weights when tracking asks for them."""
     out = run.artifacts_dir
     out.mkdir(parents=True, exist_ok=True)
     paths = [run.config.save(out / "config.json"), _write_json(out / "history.json", run.history)]
     figure_data = {}
-    for split, (neg, pos) in curves.items():
+    for split, result in curves.items():
         suffix = "" if split == "test" else f"_{split}"
-        edges, counts = prediction_histogram(neg, pos)
-        hist = {"split": split, "bin_edges": edges.tolist(), "counts": counts.tolist()}
-        pr = {"split": split, "precision": [], "recall": []}
-        if pos.sum() > 0:
-            pr.update(pr_curve_points(neg, pos))
+        hist = {"split": split, **result.histogram}
+        pr = {"split": split, **result.pr_curve}
         paths.append(_write_json(out / f"pr_curve{suffix}.json", pr))
         paths.append(_write_json(out / f"pred_hist{suffix}.json", hist))
         figure_data[split] = (pr, hist)

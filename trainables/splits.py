@@ -14,8 +14,9 @@ Everything is a pure function of (patients, fractions, seed): patients are sorte
 order in which a folder listing returns them does not matter.
 
 Two details that keep the numbers exact:
-- counts are rounded, not passed to scikit-learn as fractions: `test_size=0.2` on 110 patients
-  gives 23 held out, because sklearn takes `ceil(0.2 * 110)` and `0.2 * 110 == 22.000000000000004`.
+- counts are rounded here (`round(0.2 * n)`, at least 2) and passed to scikit-learn as integers,
+  not as fractions, which sklearn would round up: on LGG's 110 patients both give 88/22, but on
+  112 patients `test_size=0.2` would hold out `ceil(22.4) = 23` where the protocol's 20% is 22.
 - tertiles are cut by rank (ties broken by patient id), so the three strata have equal sizes even
   when many patients share a fraction; a quantile cut on values could leave a stratum nearly empty.
 

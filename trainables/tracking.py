@@ -44,6 +44,11 @@ environment, unless they are already set (an explicit setting wins).
 
 Artifacts are copied into ``buffer_dir`` when they are recorded, so what is delivered later is
 what was there at that moment; the copy is deleted once delivered.
+
+For the UI: experiments are created with ``mlflow.experimentKind = custom_model_development``
+(MLflow 3's model-training kind; `mark_training_experiment` adds it to older sweeps), and a
+trial's description (``mlflow.note.content``, `TrialTracker.set_note`) and its dataset input
+(`TrialTracker.log_dataset`) go through the journal like everything else.
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ from mlflow.entities import Metric, Param, Run, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import (
+    MAX_EXPERIMENT_TAG_VAL_LENGTH,
     MAX_METRICS_PER_BATCH,
     MAX_PARAM_VAL_LENGTH,
     MAX_PARAMS_TAGS_PER_BATCH,
@@ -76,6 +82,9 @@ JOURNAL_NAME = "mlflow_journal.jsonl"
 BLOBS_DIR = "mlflow_blobs"
 PARENT_TAG = "sweep_parent"
 FINAL_STEP_TAG = "final_step"
+NOTE_TAG = "mlflow.note.content"  # a run's or an experiment's description, Markdown in the UI
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+TRAINING_KIND = "custom_model_development"  # MLflow 3's "Machine learning" experiment kind
 
 # MLflow's HTTP client defaults (7 retries, 120 s timeout) would stall training during an outage;
 # the journal is the retry mechanism, so one quick attempt per delivery is enough.
@@ -122,7 +131,9 @@ def get_or_create_experiment(client: MlflowClient, name: str) -> str:
         return experiment.experiment_id
     try:
         return client.create_experiment(
-            name, artifact_location=_artifact_location(client.tracking_uri, name)
+            name,
+            artifact_location=_artifact_location(client.tracking_uri, name),
+            tags={EXPERIMENT_KIND_TAG: TRAINING_KIND},
         )
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":  # another trial created it meanwhile
@@ -203,6 +214,7 @@ def start_sweep_run(
     first value (a changed value is warned about, since MLflow params are immutable)."""
     client = MlflowClient(resolve_tracking_uri(tracking_uri))
     experiment_id = get_or_create_experiment(client, experiment)
+    mark_training_experiment(client, experiment_id)  # sweeps created before the tag existed
     run_tags = {str(k): str(v) for k, v in tags.items()} | {PARENT_TAG: "true"}
     found = client.search_runs(
         [experiment_id],
@@ -469,6 +481,8 @@ class _Courier:
             self._log_tag_changes(client, record)
         elif kind == "status":
             client.set_terminated(self.run_id, record["status"], end_time=record["t"])
+        elif kind == "inputs":
+            _log_dataset_inputs(client, self.run_id, record["datasets"])
         else:
             raise _Rejected(f"unknown journal record kind {kind!r}")
 
@@ -791,6 +805,30 @@ class TrialTracker:
         fig.savefig(blob)
         self._record_artifact(blob, artifact_path)
 
+    def set_note(self, text: str) -> None:
+        """The run's description (``mlflow.note.content``, Markdown in the UI); the last one set
+        wins. Journalled and delivered like every other record."""
+        if not isinstance(text, str):
+            raise ValueError(f"a run note must be a string, got {type(text).__name__}")
+        self.log_tags({NOTE_TAG: _limit_tag(text, MAX_TAG_VAL_LENGTH)})
+
+    def log_dataset(self, dataset: Mapping[str, str]) -> None:
+        """One MLflow dataset input of the run: ``{"name", "digest", "source_type", "source"}``
+        plus optional ``"schema"``, ``"profile"`` and ``"context"`` (the input's
+        ``mlflow.data.context`` tag, e.g. "training"). Logging the same name and digest again
+        (a resumed trial) adds nothing."""
+        missing = sorted({"name", "digest", "source_type", "source"} - set(dataset))
+        if missing:
+            raise ValueError(f"dataset input lacks {missing}; got keys {sorted(dataset)}")
+        if len(str(dataset["digest"])) > MAX_DATASET_DIGEST_LENGTH:
+            raise ValueError(
+                f"dataset digest {dataset['digest']!r} is longer than MLflow's "
+                f"{MAX_DATASET_DIGEST_LENGTH} characters"
+            )
+        journal = self._open_journal()
+        journal.append("inputs", datasets=[{k: str(v) for k, v in dataset.items()}])
+        self._flush()
+
     def finish(self, status: str = "FINISHED") -> DeliveryReport:
         """Set the terminal status and deliver everything pending, retrying with backoff for at
         most ``finish_timeout_s``. What is still pending stays in the journal. Calling it again
@@ -903,3 +941,50 @@ def _split_artifact_file(artifact_file: str) -> tuple[str | None, str]:
     if not parts or ".." in parts:
         raise ValueError(f"artifact_file must be a relative file name, got {artifact_file!r}")
     return ("/".join(parts[:-1]) or None), parts[-1]
+
+
+# --------------------------------------------------------------------------- what the UI shows
+# The experiment's kind, descriptions and dataset inputs: what makes the MLflow UI open a sweep
+# on its training runs and lets every page say what it is.
+
+MAX_DATASET_DIGEST_LENGTH = 36  # the sqlite/SQL store's column width
+
+
+def mark_training_experiment(client: MlflowClient, experiment_id: str) -> None:
+    """Tag the experiment as a model-training one (``mlflow.experimentKind``) unless it already
+    has a kind: a kind chosen by a user in the UI is kept."""
+    experiment = client.get_experiment(experiment_id)
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
+
+
+def set_experiment_note(client: MlflowClient, experiment_id: str, text: str) -> None:
+    """The experiment's description (Markdown), shown on its page in the UI."""
+    limited = _limit_tag(text, MAX_EXPERIMENT_TAG_VAL_LENGTH)
+    client.set_experiment_tag(experiment_id, NOTE_TAG, limited)
+
+
+def set_run_note(client: MlflowClient, run_id: str, text: str) -> None:
+    """A run's description (Markdown), shown on the run's page in the UI."""
+    client.set_tag(run_id, NOTE_TAG, _limit_tag(text, MAX_TAG_VAL_LENGTH))
+
+
+def _limit_tag(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    logger.warning("description of %d characters cut to MLflow's %d", len(text), limit)
+    return text[: limit - 3] + "..."
+
+
+def _log_dataset_inputs(client: MlflowClient, run_id: str, datasets: list[dict]) -> None:
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    inputs = []
+    for d in datasets:
+        dataset = Dataset(
+            d["name"], d["digest"], d["source_type"], d["source"], d.get("schema"), d.get("profile")
+        )
+        tags = [InputTag(MLFLOW_DATASET_CONTEXT, d["context"])] if d.get("context") else []
+        inputs.append(DatasetInput(dataset, tags))
+    client.log_inputs(run_id, datasets=inputs)

@@ -5,8 +5,9 @@
 What it adds to the loop, and nothing else:
 - the config: Tune's `config` is either a TrialConfig dict itself or the sweep's payload
   ``{"trial": {"trial": <TrialConfig dict>, "config_hash": ..., "tracking": {"uri",
-  "experiment", "parent_run_id"}, "save_weights": bool, "trial_key": ...}}`` (see
-  `config_from_tune`); a payload whose hash or key disagrees with its config is refused;
+  "experiment", "parent_run_id", "system_metrics", "system_metrics_interval_s", ...},
+  "save_weights": bool, "trial_key": ...}}`` (see `config_from_tune`); a payload whose hash or
+  key disagrees with its config is refused;
 - threads: torch uses as many threads as CPUs Ray gave the trial;
 - restore: `ray.tune.get_checkpoint()` is downloaded into the trial's working folder and the run
   continues from it (the MLflow journal inside it too); a checkpoint that cannot be read falls
@@ -46,6 +47,7 @@ from trainables.scratch import scratch_dir
 
 # Payload tracking keys passed on to TrackingConfig as they are (see config_from_tune).
 OUTBOX_KEYS = ("finish_timeout_s", "outbox", "outbox_endpoint")
+SYSTEM_METRICS_KEYS = ("system_metrics", "system_metrics_interval_s")
 
 
 def config_from_tune(config: dict[str, Any]) -> TrialConfig:
@@ -74,6 +76,7 @@ def config_from_tune(config: dict[str, Any]) -> TrialConfig:
             log_weights=bool(payload.get("save_weights", False)),
             tags=tags,
             **{k: tracking[k] for k in OUTBOX_KEYS if tracking.get(k) is not None},
+            **{k: tracking[k] for k in SYSTEM_METRICS_KEYS if k in tracking},
         ).model_dump()
     trial = TrialConfig.from_dict(fields, source="tune config")
     for key, expected in (("config_hash", trial.config_hash), ("trial_key", trial.trial_key)):

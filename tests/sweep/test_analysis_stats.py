@@ -9,6 +9,7 @@ import pytest
 from scipy import stats
 
 from sweep import analysis as A
+from trainables.histogram import histogram_spikiness
 
 RID = {"baseline": 0, "nvfp4": 1, "2d_rht_sr": 5}
 
@@ -111,6 +112,28 @@ def test_normalization_with_a_missing_baseline():
     assert cell["n"] == 2 and cell["mean"] == pytest.approx(0.71)
     assert cell["norm_n"] == 1 and cell["norm_mean"] == pytest.approx(90.0)
     assert math.isnan(cell["norm_sd"])
+
+
+def test_a_baseline_without_the_metric_is_named_as_such():
+    runs = table(
+        [
+            ("cnn", "4m", "baseline", 1, "holdout", "FINISHED", np.nan),  # finished, no metric
+            ("cnn", "4m", "nvfp4", 1, "holdout", "FINISHED", 0.72),
+            ("cnn", "4m", "baseline", 2, "holdout", "FAILED", np.nan),
+            ("cnn", "4m", "nvfp4", 2, "holdout", "FINISHED", 0.70),
+        ]
+    )
+    result = A.analyze_table(runs, None, n_boot=50)
+    excluded = result.norm.excluded
+    reasons = dict(zip(excluded["trial_key"], excluded["reason"], strict=True))
+    assert reasons == {
+        "cnn-4m-nvfp4-s1-holdout": "baseline finished without test_auprc",
+        "cnn-4m-nvfp4-s2-holdout": "no finished baseline run at this arch/scale/seed/fold",
+    }
+    issues = result.issues.set_index(["trial_key", "problem"])["detail"]
+    assert (
+        issues["cnn-4m-nvfp4-s1-holdout", "no baseline"] == "baseline finished without test_auprc"
+    )
 
 
 def test_zero_baseline_is_excluded_not_divided():
@@ -355,20 +378,20 @@ def test_spikiness_by_hand():
     # Interior [0, 0, 0, 50, 0, 0, 0]: the 7-bin running median at the spike is 0, allowance
     # 3 * sqrt(0 + 1) = 3, so 47 of the 50 interior counts are spike mass.
     counts = [100, 0, 0, 0, 50, 0, 0, 0, 100]
-    assert A.histogram_spikiness(counts) == pytest.approx(47 / 50)
+    assert histogram_spikiness(counts) == pytest.approx(47 / 50)
 
 
 def test_spikiness_smooth_vs_comb():
     edges = np.linspace(0, 1, 101)
     mids = (edges[:-1] + edges[1:]) / 2
     smooth = 1e6 * stats.beta.pdf(mids, 0.5, 0.5) / 100
-    assert A.histogram_spikiness(smooth) < 0.01
+    assert histogram_spikiness(smooth) < 0.01
     comb = np.zeros(100)
     comb[[0, 99]] = 1e6
     comb[[10, 30, 50, 70]] = 1e4
-    assert A.histogram_spikiness(comb) > 0.99
-    assert A.histogram_spikiness([5, 0, 0, 0, 7]) == 0.0  # empty interior
-    assert math.isnan(A.histogram_spikiness([]))
+    assert histogram_spikiness(comb) > 0.99
+    assert histogram_spikiness([5, 0, 0, 0, 7]) == 0.0  # empty interior
+    assert math.isnan(histogram_spikiness([]))
 
 
 def test_discretization_flags_and_missing_inputs():
