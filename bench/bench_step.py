@@ -128,6 +128,7 @@ def report(arch: str, recipes: list[str], args) -> None:
     if args.compile:
         from quant.compile import compile_model
 
+        torch._dynamo.config.recompile_limit = 64  # one entry per prepared copy of the model
         for stepper in steppers.values():
             stepper.run = compile_model(stepper.model)
         compiled = time_steppers(steppers, args)

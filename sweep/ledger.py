@@ -14,6 +14,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 
+from sweep.spec import SpecError
 from sweep.storage import SweepStore
 
 FINISHED = "FINISHED"
@@ -32,6 +33,10 @@ class Entry:
     updated: float = 0.0
 
 
+class LedgerError(SpecError):
+    """The ledger file cannot be read; the message names it."""
+
+
 class ConfigConflict(RuntimeError):
     """Finished trials whose result-affecting settings changed since they ran."""
 
@@ -45,8 +50,14 @@ class Ledger:
     def load(cls, store: SweepStore) -> Ledger:
         if not store.exists(LEDGER_FILE):
             return cls(store, {})
-        raw = json.loads(store.read_text(LEDGER_FILE))
-        return cls(store, {key: Entry(**value) for key, value in raw.items()})
+        try:
+            raw = json.loads(store.read_text(LEDGER_FILE))
+            return cls(store, {key: Entry(**value) for key, value in raw.items()})
+        except (ValueError, TypeError, AttributeError) as err:
+            raise LedgerError(
+                f"{store.path(LEDGER_FILE)}: corrupt ledger ({err}); restore it, or move it "
+                "away to forget which trials finished (they would run again)"
+            ) from None
 
     def save(self) -> None:
         payload = {key: asdict(entry) for key, entry in sorted(self.entries.items())}

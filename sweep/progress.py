@@ -74,14 +74,35 @@ class LedgerCallback(Callback):
 
 
 class ProgressCallback(Callback):
-    """One status line every `every` seconds and one per trial that ends; never per epoch."""
+    """One status line every `every` seconds and one per trial that ends; never per epoch.
 
-    def __init__(self, total: int, every: float = 15.0, out=None):
+    A trial waiting for resources longer than `pending_after` seconds gets a line saying what it
+    asks for and what the cluster has free (at most one such line every `every` seconds).
+    """
+
+    def __init__(self, total: int, every: float = 15.0, out=None, pending_after: float = 300.0):
         self.total, self.every = total, every
         self.out = out
-        self._last = 0.0
+        self.pending_after = pending_after
+        self._last = self._last_pending = 0.0
         self._done = self._failed = 0
         self._start = time.monotonic()
+        self._pending_since: dict[str, float] = {}
+
+    def on_step_begin(self, iteration, trials, **info):
+        now = time.monotonic()
+        since = self.__dict__.setdefault("_pending_since", {})  # absent in older pickles
+        pending = [t for t in trials if t.status == "PENDING"]
+        for t in pending:
+            since.setdefault(t.trial_id, now)
+        for trial_id in set(since) - {t.trial_id for t in pending}:
+            del since[trial_id]
+        waited = [t for t in pending if now - since[t.trial_id] >= self.pending_after]
+        if waited and now - getattr(self, "_last_pending", 0.0) >= self.every:
+            line = _pending_line(waited, now - since[waited[0].trial_id])
+            if line:
+                self._last_pending = now
+                self._print(line)
 
     def _print(self, text: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {text}", file=self.out or sys.stdout, flush=True)
@@ -116,3 +137,35 @@ class ProgressCallback(Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         self._failed += 1
         self._print(f"FAILED {_payload(trial)['trial_key']}: {failure_reason(trial)[0]}")
+
+
+def _pending_line(waiting: list, waited_s: float) -> str | None:
+    """Why trials wait: what each asks against what is free; None while it is free (the trial
+    is being placed, not waiting for resources)."""
+    import ray
+
+    asked = waiting[0].placement_group_factory.required_resources
+    free = ray.available_resources()
+    if all(free.get(k, 0) >= v for k, v in asked.items()):
+        return None
+    total = ray.cluster_resources()
+    ask = ", ".join(f"{v:g} {k}" for k, v in sorted(asked.items()) if v)
+    have = ", ".join(
+        f"{free.get(k, 0):g}/{total.get(k, 0):g} {k}" for k in sorted(asked) if asked[k]
+    )
+    return (
+        f"{len(waiting)} trial(s) pending for {waited_s:.0f}s: each asks {ask}; "
+        f"free/total now: {have} (trials run as resources free up)"
+    )
+
+
+class StopCallback(Callback):
+    """Hands a Ctrl-C/SIGTERM recorded by `sweep.stopping` to Tune's own graceful stop, and
+    tells the orphan guard (`sweep.guard`) about the trial workers Ray has started."""
+
+    def on_step_begin(self, iteration, trials, **info):
+        from sweep.guard import watch_descendants
+        from sweep.stopping import hand_to_tune
+
+        hand_to_tune()
+        watch_descendants()

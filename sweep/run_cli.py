@@ -62,25 +62,43 @@ def _report(outcome) -> int:
 
 
 def run(args) -> int:
-    from sweep.ledger import ConfigConflict
     from sweep.runner import run_sweep
 
     try:
         spec = load_spec(args.spec)
-        outcome = run_sweep(spec, address=args.address)
-    except (SpecError, ConfigConflict) as err:
+    except SpecError as err:
         return _fail(str(err))
-    return _report(outcome)
+    return _drive(lambda: run_sweep(spec, address=args.address), source=args.spec)
 
 
 def resume(args) -> int:
-    from sweep.ledger import ConfigConflict
     from sweep.runner import resume_sweep
 
+    return _drive(lambda: resume_sweep(args.name, _storage_root(args), address=args.address))
+
+
+def _drive(start, source: str | None = None) -> int:
+    """Run a sweep; exit codes: 0 every trial finished, 1 some did not, 2 refused before
+    anything was written (bad input, another driver, a request no node can hold), 130/143
+    stopped by SIGINT/SIGTERM with every finished epoch kept (`sweep resume NAME` continues)."""
+    from sweep.ledger import ConfigConflict
+    from sweep.lock import LockHeld
+    from sweep.stopping import EXIT_CODES, SweepInterrupted
+    from trainables.config import ConfigError
+
     try:
-        outcome = resume_sweep(args.name, _storage_root(args), address=args.address)
-    except (SpecError, ConfigConflict) as err:
+        outcome = start()
+    except ConfigError as err:  # protocol settings that make no valid trial
+        return _fail(f"{source}: {err}" if source else str(err))
+    except (SpecError, ConfigConflict, LockHeld) as err:
         return _fail(str(err))
+    except SweepInterrupted as stop:
+        print(
+            f"sweep stopped ({stop}); every finished epoch is kept: continue it with "
+            "`sweep resume NAME` (or `sweep run SPEC`)",
+            file=sys.stderr,
+        )
+        return EXIT_CODES.get(stop.signum, 130)
     return _report(outcome)
 
 
@@ -101,15 +119,26 @@ def status(args) -> int:
     store = SweepStore.open(root, args.name)
     if not store.exists("spec.yaml"):
         return _fail(f"no sweep named {args.name!r} in storage {root!r}")
-    synced = sync_outbox(store)  # records kept during an outage: delivered if MLflow is back
-    rows = sweep_status(store)
+    try:
+        synced = sync_outbox(store)  # records kept during an outage: delivered if MLflow is back
+        rows = sweep_status(store)
+    except SpecError as err:  # e.g. a corrupt ledger, named
+        return _fail(str(err))
     if args.json:
         print(json.dumps([r.__dict__ for r in rows], indent=1))
     else:
         print(format_status(args.name, rows))
         if synced.summary(args.name):
             print(synced.summary(args.name))
+        _print_driver(store)
     return 0
+
+
+def _print_driver(store) -> None:
+    from sweep.lock import holder
+
+    running = holder(store)  # read from the lock file; never takes the lock
+    print(f"driver: {running.describe()}" if running else "driver: none running")
 
 
 def submit(args) -> int:

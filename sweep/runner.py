@@ -12,7 +12,8 @@
    to the spec) run in a new experiment.
 
 The driver records every trial that ends in the ledger as it ends, so killing the driver at any
-point loses nothing that finished.
+point loses nothing that finished. One driver runs a sweep at a time: it holds the sweep's lock
+(`sweep.lock`) from before its first write to its exit.
 """
 
 from __future__ import annotations
@@ -21,26 +22,21 @@ import contextlib
 import json
 import os
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sweep import stopping
 from sweep.ledger import FINISHED, Ledger
+from sweep.lock import acquire
 from sweep.plan import Plan, PlannedTrial, expand
 from sweep.spec import SpecError, SweepSpec, resolve_storage, spec_to_yaml
+from sweep.stopping import graceful_stop
 from sweep.storage import SweepStore, filesystem_for
 from sweep.sync import keep_parent_status, outbox_uri, short_http_retries, sync_outbox
 
 TRAINABLE_ENV = {"NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
 COMPLETE_MARKER = ".complete"
 KEYS_FILE = ".trial_keys.json"
-DRIVER_FILE = "driver.json"  # who is running the sweep: `sweep status` tells running from killed
-
-
-def _driver_record() -> dict:
-    import socket
-
-    return {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
 
 
 @dataclass
@@ -65,20 +61,106 @@ def open_store(spec: SweepSpec) -> SweepStore:
 
 
 def check_data(spec: SweepSpec) -> None:
-    if spec.data.path is not None and not Path(spec.data.path).expanduser().is_dir():
+    """data.path is a kaggle_3m folder with patients in it (listed only: no slice is decoded)."""
+    if spec.data.path is None:
+        return
+    from trainables.lgg import scan
+
+    problems = scan(Path(spec.data.path).expanduser()).problems
+    if problems:
+        more = f" (and {len(problems) - 1} more: run `sweep data check`)" if problems[1:] else ""
+        raise SpecError(f"data.path: {problems[0]}{more}")
+
+
+def check_storage(spec: SweepSpec) -> None:
+    """A local storage folder can be created and written (probed with an empty folder, removed
+    at once: permission bits alone do not tell, e.g. for root or a read-only mount)."""
+    root = spec.resolved_storage()
+    if "://" in root:
+        return  # an object store: the lock is its first write, and says if it fails
+    target = Path(root) / spec.name
+    existing = next(p for p in (target, *target.parents) if p.exists())
+    if not existing.is_dir():
+        raise SpecError(f"storage: {root!r}: {existing} is not a folder")
+    import tempfile
+
+    try:
+        Path(tempfile.mkdtemp(prefix=".sweep-probe-", dir=existing)).rmdir()
+    except OSError as err:
+        raise SpecError(f"storage: {root!r} is not writable ({existing}: {err.strerror})") from None
+
+
+def check_tracking(uri: str, timeout: float = 5.0) -> None:
+    """An HTTP tracking server answers within `timeout` seconds (MLflow's own client retries for
+    minutes before it gives up); a sqlite store's folder exists."""
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        if not folder.is_dir():
+            raise SpecError(f"tracking_uri: {uri}: folder {folder} does not exist")
+        return
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            return
+    except urllib.error.HTTPError:
+        return  # it answered (an auth proxy, an old server without /health): reachable
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
         raise SpecError(
-            f"data.path: {spec.data.path!r} is not a folder (expected kaggle_3m layout)"
-        )
+            f"tracking_uri: MLflow server {uri} unreachable ({reason}); start it, or point "
+            "tracking_uri / MLFLOW_TRACKING_URI at a running one"
+        ) from None
+
+
+def check_resources(spec: SweepSpec) -> None:
+    """Some node of the Ray cluster (or a node type its autoscaler may add) can hold one trial;
+    else name the resource, what was asked, and what the largest node has."""
+    nodes = _node_shapes()
+    asked = {"CPU": spec.resources.cpus_per_trial, "GPU": spec.resources.gpus_per_trial}
+    if any(all(node.get(k, 0) >= v for k, v in asked.items()) for node in nodes):
+        return
+    field = {"CPU": "cpus_per_trial", "GPU": "gpus_per_trial"}
+    sizes = ", ".join(f"{n.get('CPU', 0):g} CPUs/{n.get('GPU', 0):g} GPUs" for n in nodes)
+    for kind, value in asked.items():
+        largest = max((node.get(kind, 0) for node in nodes), default=0)
+        if value > largest:
+            raise SpecError(
+                f"resources.{field[kind]}: {value:g} {kind}s per trial asked, but the largest "
+                f"node of this Ray cluster has {largest:g} ({len(nodes)} node(s): {sizes})"
+            )
+    raise SpecError(
+        f"resources: no node has {asked['CPU']:g} CPUs and {asked['GPU']:g} GPUs at once "
+        f"(nodes: {sizes})"
+    )
+
+
+def _node_shapes() -> list[dict[str, float]]:
+    """The resources of each live node, and of each node type an autoscaler may start."""
+    import ray
+
+    shapes = [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+    try:  # private, but what Ray Train and Ray Data read for the same purpose
+        from ray._private.state import state
+
+        config = state.get_cluster_config()
+    except Exception:  # noqa: BLE001 - no autoscaler information: judge by live nodes
+        config = None
+    if config is not None:
+        shapes += [dict(g.resources) for g in config.node_group_configs if g.max_count != 0]
+    return shapes
 
 
 # --------------------------------------------------------------------------- tracking
 
 
-def _start_parent_run(spec: SweepSpec, plan: Plan) -> tuple[str, str | None]:
+def _start_parent_run(uri: str, spec: SweepSpec, plan: Plan) -> str | None:
     import sweep
-    from trainables.tracking import resolve_tracking_uri, start_sweep_run
+    from trainables.tracking import start_sweep_run
 
-    uri = resolve_tracking_uri(spec.tracking_uri)
     tags = {
         "sweep": spec.name,
         "git_sha": _git_sha() or "unknown",
@@ -87,7 +169,7 @@ def _start_parent_run(spec: SweepSpec, plan: Plan) -> tuple[str, str | None]:
     params = {"trials": len(plan.trials), "storage": spec.resolved_storage()}
     run_id = start_sweep_run(uri, spec.name, tags=tags, params=params)
     _log_parent_artifacts(uri, run_id, spec, plan)
-    return uri, run_id
+    return run_id
 
 
 def _log_parent_artifacts(uri: str, run_id: str, spec: SweepSpec, plan: Plan) -> None:
@@ -139,37 +221,64 @@ def _trial_payload(trial: PlannedTrial, tracking: dict, spec: SweepSpec) -> dict
     }
 
 
-def _init_ray(address: str | None) -> None:
-    import ray
-
+def _init_ray(address: str | None) -> bool:
+    """Connect to `address`, or start the embedded Ray; True if this call started one."""
     # Trials checkpoint every epoch by design; Tune's warning about frequent experiment-state
     # snapshots would otherwise print a paragraph per epoch.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if not address:
+        _secure_embedded_ray()  # before `import ray`: Ray reads these at import
+    import ray
+
     if ray.is_initialized():
-        return
+        return False
     # Inside a Jobs-API job these variables are already in the job's runtime env, which Ray
     # refuses to merge with the same keys again: only ask for what this process lacks.
     missing = {k: v for k, v in TRAINABLE_ENV.items() if os.environ.get(k) != v}
     runtime_env = {"env_vars": missing} if missing else None
     if address:  # a cluster: its auth settings (RAY_AUTH_MODE, the token) come from the env
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
-    else:
-        # The embedded Ray lives and dies with this process and listens on this host only;
-        # Ray 2.60 would otherwise generate and demand a token for it.
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(
-            include_dashboard=False,
-            runtime_env=runtime_env,
-            log_to_driver=False,
-            _node_ip_address="127.0.0.1",
-        )
+        return False
+    ray.init(include_dashboard=False, runtime_env=runtime_env, log_to_driver=False)
+    _guard_ray_processes()
+    return True
+
+
+def _secure_embedded_ray() -> None:
+    """The embedded Ray is reachable from this machine only, and asks for a token.
+
+    Listeners: Ray binds every server to the node's IP address, and `ray.init()` turns 127.0.0.1
+    into the machine's external address, except with multi-node clusters off (its setting on
+    macOS/Windows), where the node's address is the loopback one and the gRPC servers, the agents
+    and the workers listen on 127.0.0.1 only. The embedded Ray never has another node.
+
+    Token auth: Ray 2.60's default for a new local cluster, kept unless RAY_AUTH_MODE says
+    otherwise. The token is made per driver and passed to Ray's processes in their environment
+    (it is never written to disk), unless one is given by RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH.
+    """
+    import secrets
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    if "ray._private.ray_constants" in sys.modules:  # imported already (e.g. by a callback)
+        sys.modules["ray._private.ray_constants"].ENABLE_RAY_CLUSTER = False
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    given = os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if os.environ["RAY_AUTH_MODE"] == "token" and not given:
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+
+
+def _guard_ray_processes() -> None:
+    """Have every Ray process started here stopped when this process ends, however it ends."""
+    from sweep.guard import start_guard
+
+    start_guard()
 
 
 def _run_config(spec: SweepSpec, store: SweepStore, experiment: str, keys: list[str]):
     from ray import tune
 
     from sweep.outage import TrackingOutageCallback
-    from sweep.progress import LedgerCallback, ProgressCallback
+    from sweep.progress import LedgerCallback, ProgressCallback, StopCallback
     from trainables.tracking import resolve_tracking_uri
 
     fs, path = filesystem_for(store.tune_uri, spec.storage_endpoint)
@@ -182,7 +291,8 @@ def _run_config(spec: SweepSpec, store: SweepStore, experiment: str, keys: list[
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         callbacks=[
             LedgerCallback(store),
-            ProgressCallback(total=len(keys)),
+            ProgressCallback(total=len(keys), pending_after=spec.resources.pending_warning_s),
+            StopCallback(),
             TrackingOutageCallback(resolve_tracking_uri(spec.tracking_uri), outbox_uri(store)),
         ],
         verbose=0,
@@ -236,8 +346,23 @@ def _fit_new(spec, store, trials: list[PlannedTrial], tracking: dict) -> None:
         tune_config=_tune_config(spec),
         run_config=_run_config(spec, store, experiment, list(keys)),
     )
-    tuner.fit()
-    store.write_text("", "tune", experiment, COMPLETE_MARKER)
+    if _all_ended(_fit(tuner)):
+        store.write_text("", "tune", experiment, COMPLETE_MARKER)
+
+
+def _fit(tuner):
+    """`tuner.fit()`; SweepInterrupted if a stop signal came meanwhile (the state is saved)."""
+    from sweep.stopping import fitting
+
+    with fitting():
+        return tuner.fit()
+
+
+def _all_ended(results) -> bool:
+    """Did every trial finish or fail for good? Only then is its experiment marked complete: a
+    trial still pending or running (a forced stop, a lost node) is resumed from its checkpoint by
+    the next `sweep run/resume`, which restores the experiments not marked complete."""
+    return results.num_terminated + results.num_errors == len(results)
 
 
 def _search_space(spec: SweepSpec) -> dict:
@@ -276,9 +401,10 @@ def _fit_search(spec, store, trial: PlannedTrial, tracking: dict) -> None:
         tune_config=_tune_config(spec, search_alg=searcher, num_samples=s.num_samples),
         run_config=_run_config(spec, store, experiment, [trial.key]),
     )
-    results = tuner.fit()
-    _record_study(store, trial, results, s.metric, s.mode)
-    store.write_text("", "tune", experiment, COMPLETE_MARKER)
+    results = _fit(tuner)
+    if _all_ended(results):
+        _record_study(store, trial, results, s.metric, s.mode)
+        store.write_text("", "tune", experiment, COMPLETE_MARKER)
 
 
 def _record_study(store, trial: PlannedTrial, results, metric: str, mode: str) -> None:
@@ -330,7 +456,9 @@ def _fit_restored(spec, store, experiment: str, plan_trials: dict[str, PlannedTr
         storage_filesystem=None if store.is_local else fs,
     )
     # The restored RunConfig (callbacks included) is the one pickled when the experiment began.
-    results = tuner.fit()
+    results = _fit(tuner)
+    if not _all_ended(results):
+        return set(keys)
     if spec.search is not None and keys and keys[0] in plan_trials:  # an Optuna study
         _record_study(store, plan_trials[keys[0]], results, spec.search.metric, spec.search.mode)
     store.write_text("", "tune", experiment, COMPLETE_MARKER)
@@ -341,15 +469,96 @@ def _fit_restored(spec, store, experiment: str, plan_trials: dict[str, PlannedTr
 
 
 def run_sweep(spec: SweepSpec, *, address: str | None = None) -> SweepOutcome:
+    """Run what is left of the sweep. Raises, with nothing written: SpecError (bad input, a
+    request no node can hold, storage or tracking out of reach), ConfigConflict, LockHeld (another
+    driver runs it). Raises SweepInterrupted on Ctrl-C/SIGTERM, once every trial's state is saved.
+    """
     plan = expand(spec)
     check_data(spec)
+    check_storage(spec)
+    tracking_uri = _tracking_uri(spec)
     store = open_store(spec)
-    ledger = Ledger.load(store)
-    ledger.check_conflicts({t.key: (t.config.config_hash, t.config.to_dict()) for t in plan.trials})
-    store.write_text(spec_to_yaml(spec), "spec.yaml")
+    # Read-only checks first: a refused run leaves nothing behind.
+    Ledger.load(store).check_conflicts(
+        {t.key: (t.config.config_hash, t.config.to_dict()) for t in plan.trials}
+    )
+    new_dirs = _missing_dirs(store)
+    with graceful_stop():
+        try:
+            with acquire(store) as lock:  # one driver per sweep: LockHeld names the running one
+                lock.on_lost = _stop_on_lost_lock
+                return _run_locked(spec, plan, store, address, tracking_uri)
+        finally:
+            _remove_if_empty(store, new_dirs)  # refused before its first write: leave no folder
 
+
+def _stop_on_lost_lock(other) -> None:
+    """An object store's lock was overwritten (see sweep.lock): stop as on SIGTERM, saving state."""
+    import signal
+
+    who = other.describe() if other else "nobody (the lock file is gone)"
+    print(f"warning: the sweep's lock is now held by {who}: stopping", file=sys.stderr, flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _tracking_uri(spec: SweepSpec) -> str:
+    from trainables.tracking import resolve_tracking_uri
+
+    try:
+        uri = resolve_tracking_uri(spec.tracking_uri)
+    except ValueError as err:
+        raise SpecError(f"tracking_uri: {err}") from None
+    check_tracking(uri)
+    return uri
+
+
+def _missing_dirs(store: SweepStore) -> list[str]:
+    """The sweep's folder and those above it that do not exist yet, deepest first."""
+    import pyarrow.fs as pafs
+
+    missing, path = [], store.root
+    while path and store.fs.get_file_info(path).type == pafs.FileType.NotFound:
+        missing.append(path)
+        path = path.rsplit("/", 1)[0] if "/" in path.strip("/") else ""
+    return missing
+
+
+def _remove_if_empty(store: SweepStore, dirs: list[str]) -> None:
+    """Remove the folders this run created, if nothing but its (released) lock was in them."""
+    import pyarrow.fs as pafs
+
+    for path in dirs:
+        if store.fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
+            return
+        with contextlib.suppress(OSError):
+            store.fs.delete_dir(path)
+
+
+def _run_locked(
+    spec: SweepSpec, plan: Plan, store: SweepStore, address: str | None, tracking_uri: str
+) -> SweepOutcome:
+    ledger = Ledger.load(store)
+    pending = [t for t in plan.trials if not ledger.finished(t.key, t.config.config_hash)]
+    ray_started = False
+    try:
+        if pending:
+            ray_started = _init_ray(address)
+            stopping.install()  # ray.init() replaced the SIGTERM handler
+            check_resources(spec)  # before the first write
+        return _run_trials(spec, plan, store, tracking_uri, pending)
+    finally:
+        if ray_started:
+            import ray
+
+            ray.shutdown()
+
+
+def _run_trials(
+    spec: SweepSpec, plan: Plan, store: SweepStore, tracking_uri: str, pending: list
+) -> SweepOutcome:
+    store.write_text(spec_to_yaml(spec), "spec.yaml")
     _print_sync(spec.name, sync_outbox(store))  # records kept during an earlier outage
-    tracking_uri, parent_run_id = _start_parent_run(spec, plan)
+    parent_run_id = _start_parent_run(tracking_uri, spec, plan)
     _describe(spec, plan, store, tracking_uri, parent_run_id)
     tracking = {
         "uri": tracking_uri,
@@ -368,32 +577,19 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None) -> SweepOutcome:
         tracking_uri=tracking_uri,
         parent_run_id=parent_run_id,
     )
-    pending = [t for t in plan.trials if not ledger.finished(t.key, t.config.config_hash)]
     outcome.skipped = len(plan.trials) - len(pending)
     if outcome.skipped:
         print(
             f"{outcome.skipped} of {len(plan.trials)} trials already finished: skipped", flush=True
         )
 
-    if pending:
-        _init_ray(address)
-        store.write_text(json.dumps(_driver_record()), DRIVER_FILE)
-        covered = set()
-        interrupted = _interrupted_experiment(store)
-        if interrupted:
-            covered = _fit_restored(spec, store, interrupted, {t.key: t for t in plan.trials})
-        ledger = Ledger.load(store)
-        rest = [
-            t
-            for t in pending
-            if t.key not in covered and not ledger.finished(t.key, t.config.config_hash)
-        ]
-        if rest and spec.search is None:
-            _fit_new(spec, store, rest, tracking)
-        for trial in rest if spec.search is not None else []:
-            _fit_search(spec, store, trial, tracking)
+    try:
+        if pending:
+            _fit_pending(spec, plan, store, pending, tracking)
+    except stopping.SweepInterrupted:
+        _finish_parent_run(store, tracking_uri, parent_run_id, ok=False, status="KILLED")
+        raise
 
-        store.write_text(json.dumps({}), DRIVER_FILE)  # this driver is done
     ledger = Ledger.load(store)
     for t in plan.trials:
         entry = ledger.entries.get(t.key)
@@ -411,6 +607,23 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None) -> SweepOutcome:
     return outcome
 
 
+def _fit_pending(spec, plan: Plan, store: SweepStore, pending: list, tracking: dict) -> None:
+    covered = set()
+    interrupted = _interrupted_experiment(store)
+    if interrupted:
+        covered = _fit_restored(spec, store, interrupted, {t.key: t for t in plan.trials})
+    ledger = Ledger.load(store)
+    rest = [
+        t
+        for t in pending
+        if t.key not in covered and not ledger.finished(t.key, t.config.config_hash)
+    ]
+    if rest and spec.search is None:
+        _fit_new(spec, store, rest, tracking)
+    for trial in rest if spec.search is not None else []:
+        _fit_search(spec, store, trial, tracking)
+
+
 def _describe(spec, plan, store, uri: str, run_id: str, outcome: SweepOutcome | None = None):
     """The experiment's and the parent run's descriptions (sweep.notes), at start and at the end.
     Descriptions are for reading: MLflow down at the end costs one quick try and a warning."""
@@ -425,12 +638,14 @@ def _describe(spec, plan, store, uri: str, run_id: str, outcome: SweepOutcome | 
         print(f"tracking: descriptions of {spec.name} not written: {reason}", file=sys.stderr)
 
 
-def _finish_parent_run(store: SweepStore, uri: str, run_id: str | None, *, ok: bool) -> None:
+def _finish_parent_run(
+    store: SweepStore, uri: str, run_id: str | None, *, ok: bool, status: str | None = None
+) -> None:
     if run_id is None:
         return
     from mlflow.tracking import MlflowClient
 
-    status = "FINISHED" if ok else "FAILED"
+    status = status or ("FINISHED" if ok else "FAILED")
     try:
         with short_http_retries():
             MlflowClient(uri).set_terminated(run_id, status=status)

@@ -27,7 +27,8 @@ and every error names the field (as a dotted path) and, for choices, the valid v
                                      # auto: on CUDA only; a bare on/off reads as a boolean),
                                      # backend: emulated | te (see trainables.config)
     model_overrides: {}              # passed to models.build_model (e.g. swin shift option)
-    resources: {cpus_per_trial: 1, gpus_per_trial: 0.25, max_concurrent: 4}
+    resources: {cpus_per_trial: 1, gpus_per_trial: 0.25, max_concurrent: 4,
+                pending_warning_s: 300}   # say why a trial waits longer than this
     tracking_uri: null               # default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
     tracking: {system_metrics: auto, system_metrics_interval_s: 10}   # auto: on CUDA trials
     storage: ./sweeps                # a folder, a shared filesystem, or s3://bucket/prefix
@@ -128,6 +129,8 @@ class ResourceSpec(_Strict):
     cpus_per_trial: float = Field(1.0, gt=0)
     gpus_per_trial: float = Field(0.0, ge=0)
     max_concurrent: int | None = Field(None, ge=1)
+    # A trial waiting longer than this for CPUs/GPUs gets a progress line saying why.
+    pending_warning_s: float = Field(300.0, gt=0)
 
     @field_validator("gpus_per_trial")
     @classmethod

@@ -6,21 +6,21 @@ sweep runs, after it was interrupted, and from another machine that sees the sto
 
 States: FINISHED and FAILED (from the ledger; a trial that ended under settings that differ
 from the spec's now, e.g. another code version, is flagged with the fields that changed),
-RUNNING (epochs reported, and the driver is alive: checked by PID on the driver's host,
-elsewhere by epochs reported within `stale_after` seconds), INTERRUPTED (epochs reported,
+RUNNING (epochs reported, and the driver holds the sweep's lock: checked by PID on the driver's
+host, elsewhere by the lock's heartbeat), INTERRUPTED (epochs reported,
 driver gone: resume it with `sweep resume NAME`), PENDING (nothing reported yet).
 """
 
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from dataclasses import dataclass
 
 from sweep.ledger import Ledger, changed_settings
+from sweep.lock import holder
 from sweep.plan import expand
-from sweep.runner import COMPLETE_MARKER, DRIVER_FILE
+from sweep.runner import COMPLETE_MARKER
 from sweep.spec import parse_spec
 from sweep.storage import SweepStore
 from sweep.sync import grid_key, outbox_for
@@ -39,46 +39,37 @@ class TrialStatus:
     tracking_pending: int = 0  # MLflow records kept in the sweep's storage (sweep.sync)
 
 
-def _last_result(store: SweepStore, experiment: str, key: str) -> tuple[dict | None, float]:
+def _last_result(store: SweepStore, experiment: str, key: str) -> dict | None:
     path = store.path("tune", experiment, key, "result.json")
     info = store.fs.get_file_info(path)
     if info.size in (None, 0):
-        return None, 0.0
+        return None
     with store.fs.open_input_stream(path) as f:
         lines = [line for line in f.read().decode().splitlines() if line.strip()]
-    mtime = info.mtime.timestamp() if info.mtime else 0.0
-    return (json.loads(lines[-1]) if lines else None), mtime
+    return json.loads(lines[-1]) if lines else None
 
 
-def driver_alive(store: SweepStore) -> bool | None:
-    """Is the sweep's driver process alive? None when that cannot be told from here (another
-    host: then epochs reported within `stale_after` seconds count as running)."""
+def driver_alive(store: SweepStore) -> bool:
+    """Is another driver running the sweep? Read from its lock (by PID on the driver's host, by
+    the lock's heartbeat elsewhere), without taking the lock. The driver asking about its own
+    sweep gets False: it asks between its fits, when none of its trials runs."""
     import os
     import socket
 
-    if not store.exists(DRIVER_FILE):
+    record = holder(store)
+    if record is None:
         return False
-    record = json.loads(store.read_text(DRIVER_FILE))
-    if not record:
-        return False
-    if record.get("host") != socket.gethostname():
-        return None
-    try:
-        os.kill(int(record["pid"]), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, but another user's
-        return True
-    return True
+    return (record.host, record.pid) != (socket.gethostname(), os.getpid())
 
 
-def sweep_status(store: SweepStore, *, stale_after: float = 300.0) -> list[TrialStatus]:
+def sweep_status(store: SweepStore) -> list[TrialStatus]:
     import yaml
 
     spec = parse_spec(yaml.safe_load(store.read_text("spec.yaml")), source=store.path("spec.yaml"))
     ledger = Ledger.load(store)
     experiments = store.list_dirs("tune")
     rows = []
+    running = driver_alive(store)
     for trial in expand(spec).trials:
         key, epochs = trial.key, trial.config.epochs
         entry = ledger.entries.get(key)
@@ -95,13 +86,10 @@ def sweep_status(store: SweepStore, *, stale_after: float = 300.0) -> list[Trial
             continue
         row = TrialStatus(key, "PENDING", epochs=epochs)
         for experiment in reversed(experiments):
-            result, mtime = _last_result(store, experiment, key)
+            result = _last_result(store, experiment, key)
             if result is None:
                 continue
             complete = store.exists("tune", experiment, COMPLETE_MARKER)
-            fresh = time.time() - mtime < stale_after
-            alive = driver_alive(store)
-            running = alive if alive is not None else fresh
             row.state = "RUNNING" if running and not complete else "INTERRUPTED"
             row.epoch = result.get("epoch")
             row.metrics = {

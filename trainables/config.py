@@ -118,6 +118,9 @@ class TestHooks(_Frozen):
     # Raise InjectedFailure at the start of this epoch (1-based, >= 2) unless this attempt resumed
     # at or after it, so a retried trial restores from the previous epoch's checkpoint and goes on.
     fail_at_epoch: int | None = Field(None, ge=2)
+    # Sleep this long in the middle of every epoch (after training, before evaluating), so that a
+    # test's signal lands mid-epoch on a tiny model.
+    epoch_delay_s: float = Field(0.0, ge=0)
 
 
 class TrialConfig(_Frozen):

@@ -451,6 +451,8 @@ class TrainingRun:
         start = time.perf_counter()
         record: dict[str, float] = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]}
         record.update(self.train_epoch(epoch))
+        if self.config.test_hooks and self.config.test_hooks.epoch_delay_s:
+            time.sleep(self.config.test_hooks.epoch_delay_s)
         losses, hist = self.evaluate(self.data.val)
         record.update({f"val_{k}": v for k, v in losses.items()})
         record.update({f"val_{k}": v for k, v in hist.compute().items()})

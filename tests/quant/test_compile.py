@@ -10,10 +10,10 @@ Compile time is what this file costs, so every test compiles ONE function that r
   captured whole (fullgraph) through AOTAutograd (`aot_eager`: the same joint graph Inductor
   gets, run by the eager kernels) and compared with eager: outputs and weight gradients
   bitwise (the SR recipes prove the random bytes come in eager order), bias gradients and the
-  loss up to fp32 summation order; the one layer test through Inductor is marked slow.
+  loss up to fp32 summation order; the same through Inductor on CUDA (bench.gpu runs it).
 
-Compile time, measured on the shared 2-core box: see the note at the end of the file.
-CUDA variants run where a GPU is.
+Measured on the shared 2-core box with a cold compile cache: ~60 s for this file (the golden
+test ~30 s of it). CUDA variants run where a GPU is.
 """
 
 from __future__ import annotations
@@ -208,10 +208,12 @@ def test_every_recipe_and_layer_kind_compiles_whole_and_matches_eager(recipe, de
     _layers_case(recipe, device, lambda m: compile_model(m, backend="aot_eager"))
 
 
+@pytest.mark.gpu
 @pytest.mark.slow
-@pytest.mark.parametrize("device", DEVICES)
-def test_layers_through_inductor_match_eager(device):
-    _layers_case("2d_rht_sr", device, compile_model)
+def test_layers_through_inductor_match_eager():
+    """CUDA only (bench.gpu runs it): on 2 CPU cores this one compile takes ~2 minutes, and the
+    CPU's Inductor numerics are pinned by the quantizer tests above."""
+    _layers_case("2d_rht_sr", "cuda", compile_model)
 
 
 def test_compiled_layers_record_non_finite_operands_without_raising():
