@@ -16,7 +16,8 @@ What the forward keeps for the backward follows from the recipe, not from its na
   the straight-through estimator, `fwd_rht`);
 - mode "fprop" keeps the forward's decoded blocks and amax instead of X or W (`chain_rule`);
 - a DGRAD weight slot with the same 16x16 tiles as FPROP reuses the forward's tiles, which is
-  exact because a tile is transpose-invariant (`2d_rht`, `2d_rht_sr`).
+  exact because a tile is transpose-invariant (`2d_rht`, `2d_rht_sr`); under 4over6 it is
+  not (near-ties can pick the other candidate), so W^T is quantized on its own, as TE does.
 
 How the rows of NVFP4.md section 5 come out of this (all through the same code):
 
@@ -61,7 +62,7 @@ from quant.gemm import (
     LinearGemms,
     Observer,
 )
-from quant.recipes import Recipe, get_recipe
+from quant.recipes import SLOTS, Recipe, get_recipe
 
 
 class _QuantizedGemms(torch.autograd.Function):
@@ -79,8 +80,8 @@ class _QuantizedGemms(torch.autograd.Function):
         ctx.save_for_backward(
             None if keep_x_q else x,
             weight,
-            *(x_q if keep_x_q else (None, None)),
-            *(w_q if keep_w_q else (None, None)),
+            *(x_q[:2] if keep_x_q else (None, None)),
+            *(w_q[:2] if keep_w_q else (None, None)),
         )
         ctx.gemms, ctx.recipe, ctx.generator, ctx.observe = gemms, recipe, generator, observe
         ctx.x_shape, ctx.x_dtype, ctx.has_bias = x.shape, x.dtype, bias is not None
@@ -97,14 +98,16 @@ class _QuantizedGemms(torch.autograd.Function):
                     "dgrad", "grad_output", dy, recipe.dgrad_grad_output, generator, observe
                 )
                 if w_values is not None:
-                    w_q = GemmOperand(w_values, w_amax)
+                    w_q = GemmOperand(w_values, w_amax, recipe.fprop_weight.tensor_scale)
                 else:
                     w_q = gemms.operand(
                         "dgrad", "weight", weight, recipe.dgrad_weight, generator, observe
                     )
                 dx = gemms.dgrad(dy_q, w_q, ctx.x_shape, ctx.x_dtype)
             if ctx.needs_input_grad[1]:
-                x_in = GemmOperand(x_values, x_amax) if x_values is not None else x
+                x_in = x
+                if x_values is not None:
+                    x_in = GemmOperand(x_values, x_amax, recipe.fprop_input.tensor_scale)
                 ops = (recipe.wgrad_grad_output, recipe.wgrad_input)
                 dw = gemms.wgrad(dy, x_in, ops, generator, observe, weight.dtype)
             if ctx.has_bias and ctx.needs_input_grad[2]:
@@ -113,9 +116,15 @@ class _QuantizedGemms(torch.autograd.Function):
 
 
 def _same_tiles(recipe: Recipe) -> bool:
-    """DGRAD's weight operand is FPROP's 16x16 tiles, transposed: reuse them (exact)."""
+    """DGRAD's weight operand is FPROP's 16x16 tiles, transposed: reuse them (exact).
+
+    Not under 4over6: TE quantizes the columnwise copy of W on its own, and its tile errors,
+    summed down columns, can pick the other candidate at near-ties (docs/nvfp4.md s7.1), so
+    DGRAD re-quantizes W^T itself, exactly like TE's columnwise copy.
+    """
     op = recipe.fprop_weight
-    return op.mode == "quantize" and op.block == (16, 16) and recipe.dgrad_weight == op
+    plain = op.four_over_six is None
+    return plain and op.mode == "quantize" and op.block == (16, 16) and recipe.dgrad_weight == op
 
 
 @contextlib.contextmanager
@@ -205,6 +214,7 @@ def conv2d(
     if not recipe.quantized:
         return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
     _check_conv(groups, weight.shape[1], weight.shape[0], name)
+    _check_conv_recipe(recipe, name)
     _check_generator(recipe, generator, name)
     kernel = tuple(weight.shape[2:])
     geo = ConvGeometry(
@@ -236,11 +246,24 @@ def conv_transpose2d(
             x, weight, bias, stride, padding, output_padding, groups, dilation
         )
     _check_conv(groups, weight.shape[0], weight.shape[1], name)
+    _check_conv_recipe(recipe, name)
     _check_generator(recipe, generator, name)
     kernel = tuple(weight.shape[2:])
     geo = ConvGeometry(_pair(stride), _pair(padding), _pair(dilation), _pair(output_padding))
     gemms = ConvTranspose2dGemms(weight.shape, kernel, geo)
     return _unbatched(x, lambda xb: _apply(xb, weight, bias, gemms, recipe, generator, observe))
+
+
+def _check_conv_recipe(recipe: Recipe, name: str) -> None:
+    """Row scaling is defined on a GEMM operand's rows; an im2col row mixes input pixels, so a
+    per-row amax of X is not a per-row amax of the convolution's operand: refuse."""
+    scaled = [f"{g}_{r}" for g, r in SLOTS if recipe.operand(g, r).row_scaled]
+    if scaled:
+        raise NotImplementedError(
+            f"{name}: recipe {recipe.name!r} row-scales {', '.join(scaled)}, which is defined "
+            "for Linear layers only (an im2col row mixes input pixels); keep this layer in full "
+            "precision or use a recipe without row_scaled"
+        )
 
 
 def _check_conv(groups: int, in_channels: int, out_channels: int, name: str) -> None:

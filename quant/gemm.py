@@ -16,6 +16,13 @@ the output once, which equals the hardware result up to fp32 summation order. A 
 (HP) operand enters as itself with no factor, so a mixed GEMM (HP dY times the forward's Q(W)
 in `chain_rule`) gets alpha = a_W / 2688. Outputs are never quantized.
 
+TE 2.20's options change alpha in two ways (its qgemm: alpha = a_A a_B / (36 E_A E_B)):
+a 4over6 operand may use E = 256 (`GemmOperand.tensor_scale` is 6E), and a row-scaled operand
+has one amax per row of its (rows, contraction) matrix, so alpha becomes a vector: A's rows are
+the output's rows, B's rows its columns, alpha = a_A[:, None] * a_B[None, :] / (36 E_A E_B).
+That holds for every Linear GEMM (FPROP X, W; DGRAD dY, W^T; WGRAD dY^T, X^T); row scaling of a
+convolution operand is refused (an im2col row mixes input pixels).
+
 Operand layouts: "contraction last"
 -----------------------------------
 The quantizer blocks the last dimension, so every operand is permuted to put its GEMM's
@@ -75,20 +82,24 @@ BLOCK = 16
 TENSOR_SCALE = 2688.0  # 6 * 448: a / 2688 is the FP32 tensor-level decode factor
 ALPHA_DENOMINATOR = TENSOR_SCALE * TENSOR_SCALE  # 6*6*448*448, exact in fp32
 
-#: observe(slot, reference, blocks, amax, block): telemetry hook, called with an operand in its
-#: "contraction last" 2-D layout (reference rotated when the operand is), see quant.telemetry.
-Observer = Callable[[str, Tensor, Tensor, Tensor, tuple[int, int]], None]
+#: observe(slot, reference, blocks, amax, block, tensor_scale): telemetry hook, called with an
+#: operand in its "contraction last" 2-D layout (reference rotated when the operand is), see
+#: quant.telemetry.
+Observer = Callable[[str, Tensor, Tensor, Tensor, tuple[int, int], float], None]
 
 
 class GemmOperand(NamedTuple):
     """One GEMM operand in its layer's natural layout.
 
     values: decoded blocks value(code) * s_e4m3 (fp32) when quantized, else the HP tensor.
-    amax:   the tensor amax of a quantized operand (0-d fp32); None for an HP operand.
+    amax:   the tensor amax of a quantized operand (0-d fp32), or one per row of its (rows,
+            contraction) matrix when row-scaled; None for an HP operand.
+    tensor_scale: 6E, the tensor-level decode denominator (2688; 1536 for a 4over6 E = 256).
     """
 
     values: Tensor
     amax: Tensor | None
+    tensor_scale: float = TENSOR_SCALE
 
 
 class Layout(NamedTuple):
@@ -103,11 +114,16 @@ class Layout(NamedTuple):
 
 
 def alpha(a: GemmOperand, b: GemmOperand) -> Tensor | None:
-    """The output factor of a GEMM: a_A a_B / 2688^2, a / 2688 if one operand is HP, else None."""
-    if a.amax is not None and b.amax is not None:
-        return (a.amax * b.amax) / ALPHA_DENOMINATOR
-    amax = a.amax if a.amax is not None else b.amax
-    return None if amax is None else amax / TENSOR_SCALE
+    """The output factor of `A @ B^T`: a_A a_B / (6E_A 6E_B) (2688^2 by default), a / 6E if one
+    operand is HP, None if both are; a row-scaled amax broadcasts over A's rows (output rows)
+    or B's rows (output columns)."""
+    a_amax = None if a.amax is None else (a.amax[:, None] if a.amax.dim() else a.amax)
+    b_amax = None if b.amax is None else (b.amax[None, :] if b.amax.dim() else b.amax)
+    if a_amax is not None and b_amax is not None:
+        return (a_amax * b_amax) / (a.tensor_scale * b.tensor_scale)
+    if a_amax is not None:
+        return a_amax / a.tensor_scale
+    return None if b_amax is None else b_amax / b.tensor_scale
 
 
 def run_gemm(
@@ -172,17 +188,19 @@ def quantize_along(
         rounding=rounding_of(op),
         generator=generator if op.stochastic else None,
         rht=op.rht,
+        **op.quantizer_options(),
     )
     if observe is not None:
-        observe(slot, nvfp4.rht(flat) if op.rht else flat, blocks, amax, op.block)
+        reference = nvfp4.rht(flat) if op.rht else flat
+        observe(slot, reference, blocks, amax, op.block, op.tensor_scale)
     if keep_2d:
-        return GemmOperand(blocks, amax)
+        return GemmOperand(blocks, amax, op.tensor_scale)
     if short:
         if op.rht:  # the rotation mixed the padding into the real positions: it must stay
             raise ValueError(f"{slot}: a rotated operand with a padded contraction stays 2-D")
         blocks = blocks[:, :length]
     values = blocks.reshape(permuted.shape).permute(_inverse(layout.perm))
-    return GemmOperand(values, amax)
+    return GemmOperand(values, amax, op.tensor_scale)
 
 
 def as_token_matrix(t: Tensor, layout: Layout) -> Tensor:
@@ -224,13 +242,27 @@ def conv_output_hw(hw, kernel: tuple[int, int], geo: ConvGeometry) -> tuple[int,
 
 def read_positions(
     size: int, out: int, kernel: int, stride: int, pad: int, dilation: int
-) -> Tensor:
-    """Boolean mask of the input positions (along one spatial dim) that some kernel tap reads."""
-    used = torch.zeros(size, dtype=torch.bool)
+) -> tuple[bool, ...]:
+    """Which input positions (along one spatial dim) some kernel tap reads.
+
+    Pure Python on the layer's geometry, memoized: no tensor, so no host sync and nothing for a
+    compiler to trace beyond a dict lookup."""
+    key = (size, out, kernel, stride, pad, dilation)
+    known = _READ_POSITIONS.get(key)
+    if known is not None:
+        return known
+    used = [False] * size
     for tap in range(kernel):
-        index = torch.arange(out) * stride + tap * dilation - pad
-        used[index[(index >= 0) & (index < size)]] = True
-    return used
+        for o in range(out):
+            index = o * stride + tap * dilation - pad
+            if 0 <= index < size:
+                used[index] = True
+    if not torch.compiler.is_compiling():  # a traced insertion inside a backward breaks Dynamo
+        _READ_POSITIONS[key] = tuple(used)
+    return tuple(used)
+
+
+_READ_POSITIONS: dict[tuple[int, ...], tuple[bool, ...]] = {}
 
 
 def zero_unread(t: Tensor, kernel: tuple[int, int], geo: ConvGeometry) -> Tensor:
@@ -245,10 +277,10 @@ def zero_unread(t: Tensor, kernel: tuple[int, int], geo: ConvGeometry) -> Tensor
         )
         for d in range(2)
     )
-    if bool(rows.all()) and bool(cols.all()):
+    if all(rows) and all(cols):
         return t
-    mask = (rows[:, None] & cols[None, :]).to(device=t.device, dtype=t.dtype)
-    return t * mask
+    mask = [[float(r and c) for c in cols] for r in rows]
+    return t * torch.tensor(mask, dtype=t.dtype, device=t.device)
 
 
 #: Upper bound on the elements quantized in one call by `tapped_weight_grad` (at least one slab
@@ -358,14 +390,15 @@ def tapped_weight_grad(
             rounding=rounding_of(op),
             generator=generator if op.stochastic else None,
             amax=amax,
+            **op.quantizer_options(),
         )
         if observe is not None:
-            observe(slot, rows, blocks, amax, (1, BLOCK))
+            observe(slot, rows, blocks, amax, (1, BLOCK), op.tensor_scale)
         taps, matrix = _tap_matrix(blocks, slabs, ci, batch, wo, ho)
         products = (g @ matrix.T).view(co, len(taps), ci)
         for k, (i, j) in enumerate(taps):
             grad[:, :, i, j] = products[:, k]
-    return grad.mul_(alpha(plain, GemmOperand(source, amax)))
+    return grad.mul_(alpha(plain, GemmOperand(source, amax, op.tensor_scale)))
 
 
 def _slab_batches(slabs: list[Slab], elements_per_row: int) -> list[list[Slab]]:
@@ -481,7 +514,7 @@ class LinearGemms(LayerGemms):
             x_tensor = F.pad(x_tensor, (0, 0, 0, short))
         a = self.operand("wgrad", "grad_output", dy, dy_op, generator, observe)
         if x_operand is not None:
-            b = GemmOperand(x_tensor, x_operand.amax)
+            b = GemmOperand(x_tensor, x_operand.amax, x_operand.tensor_scale)
         else:
             b = self.operand("wgrad", "input", x_tensor, x_op, generator, observe)
         return run_gemm(lambda g, i: g.t() @ i, a, b, out_dtype)
@@ -547,7 +580,7 @@ class _ConvGemms(LayerGemms):
         """The non-tapped WGRAD operand as a (channels, padded tokens) matrix."""
         layout = Layout((1, 0, 2, 3), contract=3)
         if isinstance(t, GemmOperand):
-            return GemmOperand(as_token_matrix(t.values, layout), t.amax)
+            return GemmOperand(as_token_matrix(t.values, layout), t.amax, t.tensor_scale)
         if op.mode == "hp":
             return GemmOperand(as_token_matrix(t, layout), None)
         return quantize_along(

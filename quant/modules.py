@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from quant import functional as qf
-from quant import telemetry
+from quant import nvfp4, telemetry
 from quant.recipes import Recipe, get_recipe
 
 Skip = Iterable[str] | Callable[[str, nn.Module], bool] | None
@@ -141,6 +141,8 @@ def prepare(
         )
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    if generator is not None:
+        nvfp4.register_generator(generator)  # compiled layers draw SR bytes from it by key
     is_skipped = skip_rule(model, skip)
     for name, module in model.named_modules():
         if is_skipped(name, module):

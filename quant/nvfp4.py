@@ -60,11 +60,9 @@ takes the block amaxes (rotating first for the RHT), pass 2 encodes, rounds and 
 both run over chunks of rows sized to the L2 cache (`_CHUNK_ELEMENTS`) with small reused scratch:
 the chain of element-wise ops on a chunk then stays in cache. `fake_quantize` writes the
 rotation (or an fp32 copy of a bf16 input) into its own output buffer and works in place there,
-so it allocates nothing tensor-sized beyond its result. The scalar chain of step 2 runs on
-Python floats after the one host sync (the amax, also the finiteness check), each operation
-rounded to fp32 exactly as the tensor ops would. A transposed fp32 matrix (x.t() contiguous, the
-layout of W^T, dY^T and X^T in DGRAD/WGRAD) is quantized in its own memory layout, blocks
-running down its columns, and returned transposed: no transposing copies.
+so it allocates nothing tensor-sized beyond its result. A transposed fp32 matrix (x.t()
+contiguous, the layout of W^T, dY^T and X^T in DGRAD/WGRAD) is quantized in its own memory
+layout, blocks running down its columns, and returned transposed: no transposing copies.
 
 Random Hadamard transform and stochastic rounding (NVFP4.md s3)
 ---------------------------------------------------------------
@@ -84,11 +82,44 @@ none is given), drawn in x's row-major order, so a seeded run is reproducible an
 depend on chunking or layout. One byte costs about 1/8 of a `torch.rand` float on CPU.
 `stochastic_bits` and `stochastic_thresholds` hand the same decisions to quant/reference.py.
 
+4over6 and row-scaled amax (TE 2.20; docs/nvfp4.md s7)
+----------------------------------------------------
+`four_over_six="mae" | "mse"`: every block (or tile) is quantized with two candidate scales and
+keeps the one with the smaller error:
+
+    S_enc = min(fl(6E / a), FLT_MAX)        E = e4m3_max: 448, or 256 (TE's 4over6 default)
+    base  = fl(fl(b / 6) * S_enc)           a true division: TE <= 2.13's chain, not step 3's
+    s6 = e4m3(min(base, 448)),  s4 = e4m3(min(fl(base * 1.5), 448))     (448 also when E = 256)
+    error (exact, TE's default):  d = fl(fl(fl(fl(val(q) * s) * a) / fl(6E)) - x)
+    error (`four_over_six_fast`): d = fl(val(q) * s - fl(x * S_enc))     (val * s is exact)
+
+summed as |d| (MAE) or fl(d * d) (MSE) one fp32 add at a time, in element order from +0 over
+each 16-element row segment (`_sum_in_order`, never torch.sum, whose order is its own); a 16x16
+tile adds its 16 row errors in TE's fixed tree r_i = e_i + e_(i+8), then 4, 2, 1. Map-to-4 wins
+only with a strictly lower error. The columnwise copy is this on x^T, so its tile sums run down
+the original's columns and may pick differently near ties: a 4over6 weight's DGRAD copy is
+quantized on its own, never taken as the FPROP tiles transposed (quant.functional). The cost is
+two candidate passes (encode, round, score) before the usual encode (bench/bench_4over6.py).
+
+`row_scaled=True`: a = max|x| per row (1x16 blocks only), S_enc and S_dec per row, the rest of
+the chain unchanged; `.amax` is then one value per row and a GEMM's alpha a vector (quant.gemm).
+quant/nvfp4_options.py lists the combinations Transformer Engine refuses, refused here too.
+
+The scale chain stays on the device
+-----------------------------------
+Steps 2-4 are small tensor functions (`tensor_scales`, `block_scales`, `encode_factors`) on the
+device-side amax: nothing is read back to the host, so a quantized training step never waits for
+the GPU and torch.compile sees one graph. They broadcast, so a per-row amax vector (one S_enc per
+row) or a second candidate scale goes through the same functions.
+
 Inputs and errors
 -----------------
 fp32, bf16 and fp16 inputs are computed in fp32. A blocked dimension that is not a multiple of
-16, a non-floating dtype, an empty tensor and non-finite values (NaN/inf would poison the tensor
-amax) raise errors that say what is wrong.
+16, a non-floating dtype and an empty tensor raise errors that say what is wrong. Non-finite
+values (NaN/inf would poison the tensor amax) raise too when the quantizer is called directly;
+inside a training step they are recorded in a device-side flag instead (`FiniteCheck`,
+`deferred`) that the loop reads once per step with the loss, and the operand's decoded blocks
+become NaN, so nothing downstream can mistake them for finite values.
 
 FP32-subnormal inputs (the golden `fp32sub` case): when a is an fp32 subnormal, 2688 / a
 overflows and S_enc is clamped to FLT_MAX, so the block scales and encode factors lose their
@@ -102,10 +133,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import struct
 from dataclasses import dataclass
 
 import torch
+
+from quant.nvfp4_options import check_options
 
 FP4_MAX = 6.0
 E4M3_MAX = 448.0
@@ -133,19 +165,34 @@ _I32 = torch.int32
 _SR_SHIFT = 9 << 23  # exponent field minus 9: 2^e -> 2^(e - 9), a 256th of the E2M1 step
 
 
+def _constant(name: str, device: torch.device) -> torch.Tensor:
+    """A small lookup tensor, built once per device; compiled code gets it as a graph constant
+    from the plain Python values (tracing the builders again would cost seconds per call)."""
+    if torch.compiler.is_compiling():
+        values, dtype = _CONSTANT_VALUES[name]
+        return torch.tensor(values, dtype=dtype, device=device)
+    return _cached_constants(device)[name]
+
+
 @functools.cache
-def _constants(device: torch.device) -> dict[str, torch.Tensor]:
-    """Small lookup tensors, built once per device."""
+def _cached_constants(device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in _build_constants().items()}
+
+
+def _build_constants() -> dict[str, torch.Tensor]:
     mags = torch.tensor(E2M1_VALUES, dtype=torch.float32)
     return {
-        "values": torch.cat([mags, -mags]).to(device),  # -mags[0] is -0.0, code 8
-        "code_of_key": _code_of_key().to(device),
-        "rht": _build_rht_matrix().to(device),
-        "numerator": torch.tensor(FP4_E4M3_MAX, dtype=torch.float32, device=device),
-        "one": torch.tensor(1.0, dtype=torch.float32, device=device),
-        "flt_max": torch.tensor(FLT_MAX, dtype=torch.float32, device=device),
-        "one_sixth": torch.tensor(1.0 / 6.0, dtype=torch.float32, device=device),
-        "inv_2688": torch.tensor(1.0 / FP4_E4M3_MAX, dtype=torch.float32, device=device),
+        "values": torch.cat([mags, -mags]),  # -mags[0] is -0.0, code 8
+        "code_of_key": _code_of_key(),
+        "rht": _build_rht_matrix(),
+        "numerator": torch.tensor(FP4_E4M3_MAX, dtype=torch.float32),
+        "numerator_256": torch.tensor(FP4_MAX * 256, dtype=torch.float32),
+        "six": torch.tensor(FP4_MAX, dtype=torch.float32),
+        "inv_1536": torch.tensor(1.0 / (FP4_MAX * 256), dtype=torch.float32),
+        "one": torch.tensor(1.0, dtype=torch.float32),
+        "flt_max": torch.tensor(FLT_MAX, dtype=torch.float32),
+        "one_sixth": torch.tensor(1.0 / 6.0, dtype=torch.float32),
+        "inv_2688": torch.tensor(1.0 / FP4_E4M3_MAX, dtype=torch.float32),
     }
 
 
@@ -173,9 +220,12 @@ def _build_rht_matrix() -> torch.Tensor:
     return signs[:, None] * hadamard * 0.25
 
 
+_CONSTANT_VALUES = {k: (v.tolist(), v.dtype) for k, v in _build_constants().items()}
+
+
 def rht_matrix(device: torch.device | str | None = None) -> torch.Tensor:
     """The 16x16 fp32 RHT matrix diag(sign) @ H16 / 4 (orthogonal; entries +-1/4)."""
-    return _constants(torch.device(device or "cpu"))["rht"].clone()
+    return _constant("rht", torch.device(device or "cpu")).clone()
 
 
 # --------------------------------------------------------------------------- validation
@@ -249,6 +299,61 @@ def _raise_non_finite(x: torch.Tensor, what: str) -> None:
     )
 
 
+# --------------------------------------------------------------------------- non-finite operands
+
+
+class FiniteCheck:
+    """A device-side record of non-finite operands, read once per training step.
+
+    A NaN or inf element makes the tensor amax non-finite (and the operand's decoded blocks
+    NaN, see `_poisoned`). Called directly, the quantizers raise at once, which costs a host
+    synchronization per call; inside a training step that would stall the GPU's launch queue
+    once per operand. Under `deferred(check)` they instead OR "this amax was not finite" into
+    `check.flag`, a bool tensor on the device, and the training loop reads it together with
+    the loss in one transfer (`failed`). So does torch.compile'd code (`deferred` around the
+    compiled call; compiled code cannot raise on a device value without a sync).
+    """
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.flag = torch.zeros((), dtype=torch.bool, device=device)
+
+    def record(self, bad: torch.Tensor) -> None:
+        """OR a bool tensor (any shape) into the flag, on the device."""
+        self.flag.logical_or_(bad.any())
+
+    def reset(self) -> None:
+        self.flag.zero_()
+
+
+_DEFERRED: FiniteCheck | None = None
+"""The check that quantizers record into instead of raising; module-global rather than
+thread-local because the CUDA backward runs on autograd's device thread."""
+
+
+@contextlib.contextmanager
+def deferred(check: FiniteCheck):
+    """Quantizers called inside record non-finite operands into `check` instead of raising."""
+    global _DEFERRED
+    previous, _DEFERRED = _DEFERRED, check
+    try:
+        yield check
+    finally:
+        _DEFERRED = previous
+
+
+def check_finite(amax: torch.Tensor, what: str, x: torch.Tensor | None) -> None:
+    """Fail on a non-finite (or negative) amax: recorded on the device under `deferred` or
+    while compiling, else raised here (one host sync). x: the tensor it is the amax of, to
+    count its bad values; None for an amax given by the caller."""
+    bad = ~(torch.isfinite(amax) & (amax >= 0))
+    if _DEFERRED is not None:
+        _DEFERRED.record(bad)
+    elif not torch.compiler.is_compiling() and bool(bad):
+        if x is None:
+            raise ValueError(f"{what}: amax must be finite and >= 0, got {amax.item()}")
+        _raise_non_finite(x, what)
+
+
 # --------------------------------------------------------------------------- the element codec
 
 
@@ -256,7 +361,7 @@ def decode_e2m1(codes: torch.Tensor) -> torch.Tensor:
     """E2M1 codes (uint8 0..15) -> float32 values; code 8 decodes to -0.0."""
     # index_select with int32 indices is several times faster than advanced indexing on CPU.
     flat = codes.reshape(-1).to(torch.int32)
-    return _constants(codes.device)["values"].index_select(0, flat).view(codes.shape)
+    return _constant("values", codes.device).index_select(0, flat).view(codes.shape)
 
 
 def encode_e2m1(v: torch.Tensor) -> torch.Tensor:
@@ -311,7 +416,7 @@ def _codes_from_rounded_(rounded: torch.Tensor, codes: torch.Tensor) -> torch.Te
     """
     key = rounded.view(torch.int32).bitwise_right_shift_(22).bitwise_and_(0x1FF)
     key.add_(codes, alpha=512)
-    lut = _constants(rounded.device)["code_of_key"]
+    lut = _constant("code_of_key", rounded.device)
     return torch.index_select(lut, 0, key.view(-1), out=codes.view(-1)).view(codes.shape)
 
 
@@ -336,8 +441,8 @@ def _blocked(x32: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
 
 def _row_chunks(t: torch.Tensor) -> list[slice]:
     rows, per_row = t.shape[0], math.prod(t.shape[1:])
-    if t.device.type != "cpu":
-        return [slice(0, rows)]
+    if t.device.type != "cpu" or torch.compiler.is_compiling():
+        return [slice(0, rows)]  # the compiler fuses the whole tensor's chain instead
     step = max(1, _CHUNK_ELEMENTS * torch.get_num_threads() // per_row)
     return [slice(i, min(i + step, rows)) for i in range(0, rows, step)]
 
@@ -378,59 +483,61 @@ def _chunk_amax(chunk: torch.Tensor, work: _Work, out: torch.Tensor) -> torch.Te
 # --------------------------------------------------------------------------- scales
 
 
-def _fl(value: float) -> float:
-    """Round a Python float to the nearest fp32 (ties to even); overflow gives FLT_MAX.
+def tensor_scales(amax: torch.Tensor, e4m3_max: int = 448) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step 2: (S_enc, S_dec) from the tensor amax, as fp32 tensors of amax's shape.
 
-    A single +, -, *, / of two fp32 values done in double and rounded once to fp32 is the
-    correctly rounded fp32 result (53 >= 2 * 24 + 2 bits), so step 2's scalar chain can run
-    in Python floats, exactly as in fp32 tensors, without a dozen tiny tensor ops.
+    S_enc = 6E / amax with E = `e4m3_max` (448; 256 for a 4over6 tensor under TE's default).
+
+    Elementwise, so a vector of per-row amaxes gives per-row scales. The numerator is a tensor:
+    `2688.0 / t` with a Python numerator is a reciprocal and a multiply in PyTorch, not the
+    correctly rounded division TE does.
     """
-    try:
-        return struct.unpack("<f", struct.pack("<f", value))[0]
-    except OverflowError:  # rounds to inf in fp32; step 2 then takes min(., FLT_MAX)
-        return FLT_MAX
+    one = _constant("one", amax.device)
+    numerator = "numerator" if e4m3_max == 448 else "numerator_256"
+    s_enc = torch.div(_constant(numerator, amax.device), amax)
+    s_enc = torch.minimum(s_enc, _constant("flt_max", amax.device))
+    s_enc = torch.where((amax == 0) | (s_enc == 0), one, s_enc)
+    return s_enc, torch.div(one, s_enc)
 
 
-_ONE_SIXTH = _fl(1.0 / 6.0)
-
-
-def _scalar_scales(a: float) -> tuple[float, float, float]:
-    """Step 2 and step 3's folded factor on the fp32 amax a: (S_enc, S_dec, fl(S_enc * fl(1/6)))."""
-    s_enc = 1.0 if a == 0 else _fl(FP4_E4M3_MAX / a)
-    if s_enc == 0:
-        s_enc = 1.0
-    return s_enc, _fl(1.0 / s_enc), _fl(s_enc * _ONE_SIXTH)
-
-
-def tensor_scales(amax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Step 2: (S_enc, S_dec) from the tensor amax, as 0-d fp32 tensors."""
-    c = _constants(amax.device)
-    s_enc = torch.minimum(torch.div(c["numerator"], amax), c["flt_max"])
-    s_enc = torch.where((amax == 0) | (s_enc == 0), c["one"], s_enc)
-    return s_enc, torch.div(c["one"], s_enc)
-
-
-def block_scales(block_amax: torch.Tensor, s_enc: torch.Tensor | float) -> torch.Tensor:
+def block_scales(block_amax: torch.Tensor, s_enc: torch.Tensor) -> torch.Tensor:
     """Step 3: E4M3 decode scales (returned as exact fp32 values) from block amaxes.
 
-    s_enc: a 0-d fp32 tensor, or an fp32 value as a Python float (`_scalar_scales`).
+    s_enc: fp32, 0-d or broadcastable against block_amax (one value per row of blocks).
     """
-    if isinstance(s_enc, torch.Tensor):
-        folded = s_enc * _constants(s_enc.device)["one_sixth"]
-    else:  # a Python scalar multiplies an fp32 tensor in fp32
-        folded = _fl(s_enc * _ONE_SIXTH)
-    scaled = (block_amax * folded).clamp_(max=E4M3_MAX)
-    return scaled.to(torch.float8_e4m3fn).to(torch.float32)
+    folded = s_enc * _constant("one_sixth", s_enc.device)
+    return e4m3_round(block_amax * folded)
 
 
-def encode_factors(scales: torch.Tensor, s_dec: torch.Tensor | float) -> torch.Tensor:
-    """Step 4: e = min(1 / fl(s * S_dec), FLT_MAX); zero scales give FLT_MAX."""
-    return torch.div(_constants(scales.device)["one"], scales * s_dec).clamp_(max=FLT_MAX)
+def e4m3_round(scaled: torch.Tensor) -> torch.Tensor:
+    """Clamp to <= 448, then round to E4M3 (nearest even, subnormals kept), as exact fp32.
+
+    The explicit clamp: older torch versions turn out-of-range values into NaN, not 448.
+    """
+    return scaled.clamp(max=E4M3_MAX).to(torch.float8_e4m3fn).to(torch.float32)
 
 
-def _dequant_factors(scales: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:
-    """Step 7's per-block factor fl(fl(s * a) * fl(1/2688))."""
-    return (scales * amax) * _constants(scales.device)["inv_2688"]
+def encode_factors(scales: torch.Tensor, s_dec: torch.Tensor) -> torch.Tensor:
+    """Step 4: e = min(1 / fl(s * S_dec), FLT_MAX); zero scales give FLT_MAX.
+
+    s_dec: fp32, 0-d or broadcastable against scales. A true division, never a reciprocal
+    approximation (see quant.compile for the compiler settings that keep it so on GPUs).
+    """
+    return torch.div(_constant("one", scales.device), scales * s_dec).clamp(max=FLT_MAX)
+
+
+def _poisoned(scale: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:
+    """scale, or NaN when the tensor amax is not finite, so that every block scale, encode
+    factor and decoded block of such an operand is NaN: a NaN/inf input can never come out as
+    finite values, whether or not anyone reads the finiteness flag. amax * 0 is +0 for a
+    finite amax (adding it changes nothing) and NaN otherwise; no branch, no host sync."""
+    return scale + amax * 0
+
+
+def _dequant_factors(scales: torch.Tensor, amax: torch.Tensor, e4m3_max: int = 448):
+    """Step 7's per-block factor fl(fl(s * a) * fl(1/(6E))); a per-row amax broadcasts."""
+    inverse = _constant("inv_2688" if e4m3_max == 448 else "inv_1536", scales.device)
+    return (scales * amax) * inverse
 
 
 # --------------------------------------------------------------------------- RHT
@@ -455,20 +562,40 @@ def rht(x: torch.Tensor) -> torch.Tensor:
 def _rotate_chunk(x: torch.Tensor, out: torch.Tensor, work: _Work) -> torch.Tensor:
     """out = bf16(x @ R) for a chunk of x; out has x's shape and any float dtype."""
     x16 = x.reshape(-1, BLOCK)
-    r = _constants(x.device)["rht"]
+    r = _constant("rht", x.device)
     if x16.dtype != torch.float32:
         x16 = x16.to(torch.float32)
+    if torch.compiler.is_compiling():
+        return out.copy_(_round_to_bf16(torch.mm(x16, r)).view(out.shape))
     product = torch.mm(x16, r, out=work.like("float", x16, torch.float32))
     return out.copy_(product.to(torch.bfloat16).view(out.shape))
 
 
+def _round_to_bf16(t: torch.Tensor) -> torch.Tensor:
+    """fp32 -> the nearest bf16 value (ties to even), still as fp32, with integer ops only.
+
+    What `t.to(bfloat16).float()` computes, but compilers keep it: Inductor drops a
+    down-then-up cast pair and would quantize the unrounded rotation. The magnitude's low 16
+    bits round into bit 16 (adding 0x7FFF plus bit 16 carries exactly when RNE rounds up); the
+    magnitude is first capped at a quiet NaN so no NaN payload carries into the sign bit.
+    """
+    bits = t.view(torch.int32)
+    sign = torch.bitwise_and(bits, -(2**31))
+    magnitude = torch.bitwise_and(bits, 0x7FFFFFFF).clamp(max=0x7FC00000)
+    magnitude = magnitude + torch.bitwise_and(magnitude >> 16, 1) + 0x7FFF
+    return torch.bitwise_or(torch.bitwise_and(magnitude, -65536), sign).view(torch.float32)
+
+
 @contextlib.contextmanager
 def _full_fp32_matmul():
-    """TF32 (CUDA) or bf16 (oneDNN) fp32 matmuls would truncate x before the exact products."""
-    precision = torch.get_float32_matmul_precision()
-    if precision == "highest":
+    """TF32 (CUDA) or bf16 (oneDNN) fp32 matmuls would truncate x before the exact products.
+
+    Compiled code cannot switch the setting inside the graph: quant.compile checks it is
+    "highest" when it compiles."""
+    if torch.compiler.is_compiling() or torch.get_float32_matmul_precision() == "highest":
         yield
         return
+    precision = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("highest")
     try:
         yield
@@ -486,8 +613,10 @@ class NVFP4Tensor:
     codes:  uint8, x's shape, one code (0..15) per element (use `pack()` for 2 per byte)
     scales: float32 holding exact E4M3 values; (*lead, N/16) for 1x16 blocks along the last
             dim, (*lead, M/16, N/16) for 16x16 tiles over the last two dims
-    amax:   0-d float32, the tensor amax a (after the RHT when `rotated`)
+    amax:   0-d float32, the tensor amax a (after the RHT when `rotated`); for a row-scaled
+            tensor one value per row, (*lead,)
     block:  (1, 16) or (16, 16); rotated: whether the codes encode rht(x) rather than x
+    e4m3_max: E of the tensor scale 6E / a (448; 256 for a 4over6 tensor with TE's default)
     """
 
     codes: torch.Tensor
@@ -495,6 +624,7 @@ class NVFP4Tensor:
     amax: torch.Tensor
     block: tuple[int, int] = BLOCK_1D
     rotated: bool = False
+    e4m3_max: int = 448
 
     @property
     def shape(self) -> torch.Size:
@@ -502,8 +632,9 @@ class NVFP4Tensor:
 
     @property
     def global_scale(self) -> torch.Tensor:
-        """fl(a * fl(1/2688)): the tensor-level decode factor of TE's dequantize formula."""
-        return self.amax * _constants(self.amax.device)["inv_2688"]
+        """fl(a * fl(1/(6E))): the tensor-level decode factor of TE's dequantize formula."""
+        key = "inv_2688" if self.e4m3_max == 448 else "inv_1536"
+        return self.amax * _constant(key, self.amax.device)
 
     @property
     def scales_e4m3(self) -> torch.Tensor:
@@ -525,8 +656,11 @@ class NVFP4Tensor:
         return self._per_element(self.scales)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """value(code) * fl(fl(s * a) * fl(1/2688)): TE's dequantize kernel (NVFP4.md s2.7)."""
-        return self._per_element(_dequant_factors(self.scales, self.amax)).to(dtype)
+        """value(code) * fl(fl(s * a) * fl(1/(6E))): TE's dequantize kernel (NVFP4.md s2.7),
+        with the row's amax when row-scaled."""
+        amax = self.amax[..., None] if self.amax.dim() else self.amax
+        factors = _dequant_factors(self.scales, amax, self.e4m3_max)
+        return self._per_element(factors).to(dtype)
 
     def pack(self) -> torch.Tensor:
         """Two codes per byte along the last dim: element 2i in the low nibble (TE's layout)."""
@@ -540,15 +674,22 @@ class NVFP4Tensor:
         amax: torch.Tensor,
         block=BLOCK_1D,
         rotated: bool = False,
+        e4m3_max: int = 448,
     ) -> NVFP4Tensor:
         """Rebuild a tensor from `pack()`ed codes and its scales and amax."""
-        return cls(unpack_codes(packed), scales, amax, _normalize_block(block), rotated)
+        block = _normalize_block(block)
+        return cls(unpack_codes(packed), scales, amax, block, rotated, e4m3_max)
 
     def __repr__(self) -> str:
         return (
             f"NVFP4Tensor(shape={tuple(self.shape)}, block={self.block}, "
-            f"amax={float(self.amax):.6g}, rotated={self.rotated}, device={self.codes.device})"
+            f"amax={_describe_amax(self.amax)}, rotated={self.rotated}, "
+            f"e4m3_max={self.e4m3_max}, device={self.codes.device})"
         )
+
+
+def _describe_amax(amax: torch.Tensor) -> str:
+    return f"{float(amax):.6g}" if amax.dim() == 0 else f"<{amax.numel()} rows>"
 
 
 def pack_codes(codes: torch.Tensor) -> torch.Tensor:
@@ -573,12 +714,62 @@ def unpack_codes(packed: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- SR random bits
 
 
+_GENERATORS: dict[int, torch.Generator] = {}
+_TOKENS: dict[int, torch.Tensor] = {}
+
+
+def register_generator(generator: torch.Generator) -> int:
+    """Let compiled code draw SR bytes from `generator` (quant.prepare does it for a model's).
+
+    torch.compile cannot trace a torch.Generator, so compiled quantizers draw through the
+    custom op `nvfp4_emulation::draw_bytes`, which finds the generator by this key. Each draw
+    also bumps a small token tensor of the generator's, which the op declares it mutates:
+    that orders the draws in the compiled graph exactly as eager code makes them, so compiled
+    and eager SR see the very same bytes.
+    """
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    key = id(generator)
+    if _GENERATORS.get(key) is not generator:
+        _GENERATORS[key] = generator
+        _TOKENS[key] = torch.zeros((), dtype=torch.int64, device=generator.device)
+    return key
+
+
+@torch.library.custom_op("nvfp4_emulation::draw_bytes", mutates_args=("token",))
+def _draw_bytes_op(token: torch.Tensor, n: int, key: int) -> torch.Tensor:
+    token.add_(1)
+    return _draw_words(n, _GENERATORS[key], token.device).view(torch.uint8)
+
+
+@_draw_bytes_op.register_fake
+def _(token: torch.Tensor, n: int, key: int) -> torch.Tensor:
+    return torch.empty(n, dtype=torch.uint8, device=token.device)
+
+
+def _compiled_draw(n: int, generator: torch.Generator | None) -> torch.Tensor:
+    key = id(generator)
+    if generator is None or _GENERATORS.get(key) is not generator:
+        raise ValueError(
+            "compiled stochastic rounding needs an explicit generator registered with "
+            "quant.nvfp4.register_generator(generator) before compiling (quant.prepare "
+            "registers the model's)"
+        )
+    return _draw_bytes_op(_TOKENS[key], n, key)
+
+
 def _draw_bytes(n: int, generator: torch.Generator | None, device) -> torch.Tensor:
     """n random bytes (n a multiple of 8), eight per 64-bit word from `generator`."""
+    if torch.compiler.is_compiling():
+        return _compiled_draw(n, generator)
+    return _draw_words(n, generator, device).view(torch.uint8)
+
+
+def _draw_words(n: int, generator: torch.Generator | None, device) -> torch.Tensor:
     words = torch.empty(n // 8, dtype=torch.int64, device=device)
     # random_()'s default range on int64 is [0, 2^63), which would leave every 8th byte 7-bit;
     # from=-2^63 with no upper bound asks for all 64 bits.
-    return words.random_(-(2**63), None, generator=generator).view(torch.uint8)
+    return words.random_(-(2**63), None, generator=generator)
 
 
 def stochastic_bits(
@@ -607,6 +798,111 @@ def stochastic_thresholds(bits: torch.Tensor, values: torch.Tensor) -> torch.Ten
     k = bits.to(torch.float32)
     edge = torch.where(values < 0, k + 1, 256 - k) / 256
     return torch.nextafter(edge, torch.zeros_like(edge))
+
+
+# --------------------------------------------------------------------------- 4over6, row-scaled
+
+
+@dataclass(frozen=True)
+class ScaleOptions:
+    """TE 2.20's quantizer options (see the module docstring); the defaults are plain NVFP4."""
+
+    four_over_six: str | None = None
+    four_over_six_fast: bool = False
+    e4m3_max: int = 448
+    row_scaled: bool = False
+
+    def check(self, block, rounding: str, rht: bool, amax_given: bool, what: str) -> None:
+        check_options(
+            block=block,
+            stochastic=rounding == "stochastic",
+            rht=rht,
+            four_over_six=self.four_over_six,
+            four_over_six_fast=self.four_over_six_fast,
+            e4m3_max=self.e4m3_max,
+            row_scaled=self.row_scaled,
+            amax_given=amax_given,
+            what=what,
+        )
+
+
+def _row_amax(block_amax: torch.Tensor, transposed: bool) -> torch.Tensor:
+    """Per-row amax of x from its (T, C) block amaxes, shaped to broadcast against them: rows
+    are T ((T, 1)) for 1x16 blocks along x's last dim, C ((1, C)) in the transposed layout."""
+    return block_amax.amax(dim=0, keepdim=True) if transposed else block_amax.amax(1, True)
+
+
+def _four_over_six_scales(src, b, s_enc, s_dec, amax, opts: ScaleOptions, chunks: list[slice]):
+    """4over6: each block's (scale, encode factor), map-to-4 where its error is lower.
+
+    src: (T, r, C, w) what is quantized; b: (T, C) block (tile) amaxes; s_enc, s_dec, amax: 0-d,
+    or per row broadcasting against b. base = fl(fl(b / 6) * S_enc); the candidates are
+    e4m3(base) and e4m3(fl(base * 1.5)) (both clamped to 448). The errors are computed chunk by
+    chunk of rows (the chunks of pass 1), so the element-wise chain stays in cache.
+    """
+    base = torch.div(b, _constant("six", b.device)) * s_enc
+    s6, s4 = e4m3_round(base), e4m3_round(base * 1.5)
+    e6, e4 = encode_factors(s6, s_dec), encode_factors(s4, s_dec)
+    err6, err4 = torch.empty_like(b), torch.empty_like(b)
+    for rows in chunks:
+
+        def part(t: torch.Tensor, rows=rows) -> torch.Tensor:
+            return t if t.dim() == 0 or t.shape[0] == 1 else _part(t, rows)
+
+        chunk = _part(src, rows)
+        for scale, factor, err in ((s6, e6, err6), (s4, e4, err4)):
+            error = _candidate_error(
+                chunk, part(scale), part(factor), part(s_enc), part(amax), opts
+            )
+            _part(err, rows).copy_(error)
+    four = err4 < err6  # strictly: ties (and NaN) go to map-to-6
+    return torch.where(four, s4, s6), torch.where(four, e4, e6)
+
+
+def _per_element_view(t: torch.Tensor) -> torch.Tensor:
+    """A (T, C)-broadcastable tensor viewed against (T, r, C, w); 0-d stays 0-d."""
+    return t if t.dim() == 0 else t.reshape(t.shape[0], 1, t.shape[1], 1)
+
+
+def _candidate_error(src, scale, factor, s_enc, amax, opts: ScaleOptions) -> torch.Tensor:
+    """(T, C): one candidate's error per block, summed as TE sums it (see the docstring).
+
+    exact: d = fl(fl(fl(val * s) * a) / fl(6E)) - x), a true division by 6E; fast: d =
+    val * s - fl(x * S_enc). MAE sums |d|, MSE fl(d * d), in element order from +0 per
+    16-element row segment; a 16x16 tile then adds its 16 row errors in a fixed tree.
+    """
+    rounded = _round_nearest_(torch.mul(src, _per_element_view(factor)))
+    decoded = rounded.mul_(_per_element_view(scale))  # exact: <= 8 significant bits
+    if opts.four_over_six_fast:
+        d = decoded.sub_(src * _per_element_view(s_enc))
+    else:
+        denominator = _constant(
+            "numerator" if opts.e4m3_max == 448 else "numerator_256", src.device
+        )
+        d = decoded.mul_(_per_element_view(amax)).div_(denominator).sub_(src)
+    per_element = d.abs_() if opts.four_over_six == "mae" else d.mul_(d)
+    return _block_error(per_element)
+
+
+def _block_error(e: torch.Tensor) -> torch.Tensor:
+    """(T, r, C, w) element errors -> (T, C) block errors in TE's summation order."""
+    if e.shape[3] == 1:  # the transposed layout: a block's 16 elements run along dim 1
+        return _sum_in_order(e[:, :, :, 0].unbind(1))
+    # (T, r, C): each row segment in element order; the element index first, so that each of
+    # the 15 adds reads contiguous memory (about 1.5x faster than strided slices on CPU)
+    rows = _sum_in_order(e.movedim(3, 0).contiguous().unbind(0))
+    while rows.shape[1] > 1:  # a tile: r_i = e_i + e_(i+8), then 4, 2, 1 (TE's warp tree)
+        half = rows.shape[1] // 2
+        rows = rows[:, :half] + rows[:, half:]
+    return rows[:, 0]
+
+
+def _sum_in_order(terms) -> torch.Tensor:
+    """fl(...fl(fl(0 + t0) + t1)... + t15): one rounding per add, in order (not torch.sum)."""
+    total = terms[0] + 0.0  # +0 + t0: a copy, and -0 becomes +0 as in TE
+    for term in terms[1:]:
+        total = total + term
+    return total
 
 
 # --------------------------------------------------------------------------- quantizers
@@ -657,7 +953,7 @@ def _blocked_input(x, block, rht_first, transposed: bool) -> torch.Tensor:
 
 
 def _prepare(
-    x, block, rounding, generator, rht_first, amax, what, staging, transposed=False
+    x, block, rounding, generator, rht_first, amax, what, staging, transposed=False, opts=None
 ) -> _Prepared:
     """Pass 1: (rotate,) block amax chunk by chunk, then the tensor and block scales.
 
@@ -667,6 +963,8 @@ def _prepare(
     its memory layout.
     """
     block = _check_args(x, block, rounding, generator, rht_first, what)
+    opts = opts or ScaleOptions()
+    opts.check(block, rounding, rht_first, amax is not None, what)
     xb = _blocked_input(x, block, rht_first, transposed)
     src = xb
     if rht_first or x.dtype != torch.float32:
@@ -685,15 +983,20 @@ def _prepare(
             _chunk_amax(chunk, work, _part(block_amax, rows))
     b = block_amax.view(torch.float32)
     own_amax = b.amax()
-    a = own_amax.item()  # the one host sync; step 2 then runs on Python floats
-    if not math.isfinite(a):
-        _raise_non_finite(x, what)
+    check_finite(own_amax, what, x)
     if amax is not None:
-        own_amax = _given_amax(amax, x.device, what)
-        a = own_amax.item()
-    s_enc, s_dec, folded = _scalar_scales(a)
-    scales = (b * folded).clamp_(max=E4M3_MAX).to(torch.float8_e4m3fn).to(torch.float32)
-    factors = encode_factors(scales, s_dec)
+        given = _given_amax(amax, x.device, what)
+        own_amax = torch.maximum(given, own_amax * 0)  # given, but NaN if x is not finite
+    scale_amax = _row_amax(b, transposed) if opts.row_scaled else own_amax
+    s_enc, s_dec = tensor_scales(scale_amax, opts.e4m3_max)
+    s_enc, s_dec = _poisoned(s_enc, own_amax), _poisoned(s_dec, own_amax)
+    if opts.four_over_six is None:
+        scales = block_scales(b, s_enc)
+        factors = encode_factors(scales, s_dec)
+    else:
+        scales, factors = _four_over_six_scales(src, b, s_enc, s_dec, scale_amax, opts, chunks)
+    if opts.row_scaled:
+        own_amax = scale_amax.reshape(x.shape[:-1])
     bits = None
     if transposed and rounding == "stochastic":
         # SR bytes go to elements in x's row-major order whatever the layout, so a transposed
@@ -730,8 +1033,7 @@ def _given_amax(amax, device: torch.device, what: str) -> torch.Tensor:
     if amax.numel() != 1:
         raise ValueError(f"{what}: amax must be a single number, got shape {tuple(amax.shape)}")
     amax = amax.reshape(())
-    if not (torch.isfinite(amax) & (amax >= 0)).item():
-        raise ValueError(f"{what}: amax must be finite and >= 0, got {amax.item()}")
+    check_finite(amax, what, None)
     return amax
 
 
@@ -750,6 +1052,10 @@ def quantize(
     rht: bool = False,
     *,
     amax: torch.Tensor | float | None = None,
+    four_over_six: str | None = None,
+    four_over_six_fast: bool = False,
+    e4m3_max: int = 448,
+    row_scaled: bool = False,
 ) -> NVFP4Tensor:
     """Quantize x to NVFP4 along its last dim (1x16) or over 16x16 tiles of its last two dims.
 
@@ -762,8 +1068,15 @@ def quantize(
     slice of a larger tensor whose blocks are quantized with that tensor's scale (e.g. one
     kernel tap of an im2col); blocks are independent given the tensor scale, so the slice
     comes out exactly as inside the whole. It should be >= max|x| (else blocks saturate).
+
+    TE 2.20's options (module docstring, "4over6 and row-scaled amax"; quant.nvfp4_options says
+    which combinations are refused): `four_over_six="mae" | "mse"` picks each block's scale
+    from the map-to-6 and map-to-4 candidates, `four_over_six_fast` with TE's fast error path;
+    `e4m3_max` is E in S_enc = 6E / a (256 only with 4over6); `row_scaled=True` scales each
+    row with its own amax, and `.amax` is then one value per row, shape x.shape[:-1].
     """
-    p = _prepare(x, block, rounding, generator, rht, amax, "quantize", staging=None)
+    opts = ScaleOptions(four_over_six, four_over_six_fast, e4m3_max, row_scaled)
+    p = _prepare(x, block, rounding, generator, rht, amax, "quantize", None, opts=opts)
     codes = torch.empty(p.src.shape, dtype=torch.uint8, device=x.device)
     for rows in p.chunks:
         src = _part(p.src, rows)
@@ -772,7 +1085,7 @@ def quantize(
         torch.lt(v, 0, out=_part(codes, rows).view(torch.bool))
         _codes_from_rounded_(_round_chunk_(p, rows, v), _part(codes, rows))
     scales = p.scales.view(_scales_shape(x.shape, p.block))
-    return NVFP4Tensor(codes.view(x.shape), scales, p.amax, p.block, rht)
+    return NVFP4Tensor(codes.view(x.shape), scales, p.amax, p.block, rht, e4m3_max)
 
 
 @torch.no_grad()
@@ -784,6 +1097,10 @@ def fake_quantize(
     rht: bool = False,
     *,
     amax: torch.Tensor | float | None = None,
+    four_over_six: str | None = None,
+    four_over_six_fast: bool = False,
+    e4m3_max: int = 448,
+    row_scaled: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The QAT hot path: (value(code) * s as float32 of x's shape, amax as a 0-d fp32 tensor).
 
@@ -791,13 +1108,17 @@ def fake_quantize(
     of two such operands times alpha = a_A * a_B / (6*6*448*448) is the NVFP4 GEMM (NVFP4.md s4).
     `amax` as for `quantize`; the returned amax is then that one. Two passes over x, each chunk
     by chunk: block amax (rotating into the output buffer first for rht=True), then
-    encode, round and decode in place in the output.
+    encode, round and decode in place in the output. The TE 2.20 options as for `quantize`
+    (the amax is then one value per row when `row_scaled`).
     """
+    opts = ScaleOptions(four_over_six, four_over_six_fast, e4m3_max, row_scaled)
     transposed = _is_transposed(x, block, rht)
     shape = x.shape[::-1] if transposed else x.shape
     blocks = torch.empty(shape, dtype=torch.float32, device=x.device)
     staging = lambda shape: blocks.view(shape)  # noqa: E731
-    p = _prepare(x, block, rounding, generator, rht, amax, "fake_quantize", staging, transposed)
+    p = _prepare(
+        x, block, rounding, generator, rht, amax, "fake_quantize", staging, transposed, opts
+    )
     out = blocks.view(p.src.shape)
     for rows in p.chunks:
         v = torch.mul(_part(p.src, rows), _part(p.factors, rows), out=_part(out, rows))

@@ -21,11 +21,20 @@ A recipe says, for each of these six (GEMM, role) slots, how the operand reaches
   blocks still along K. Only an emulator can do this (a GPU keeps no FP4 copy along K for the
   backward); the paper's `chain_rule` recipe needs it.
 
+A quantized operand also carries TE 2.20's two options (quant.nvfp4_options, quant.nvfp4):
+
+- `four_over_six="mae" | "mse"`: 4over6 block-scale selection, with `four_over_six_fast` (TE's
+  fast error path) and `e4m3_max` (E of S_enc = 6E / amax: 256, TE's recipe default for 4over6
+  tensors and ours when left out, or 448). Not with the RHT or SR (TE refuses both).
+- `row_scaled=True`: one tensor scale per row of the operand's (rows, contraction) matrix, 1x16
+  only; the GEMM's alpha becomes a vector. Linear layers only (an im2col row mixes pixels).
+
 The table of NVFP4.md section 5 is then eight rows of data in `_REGISTRY`; the autograd code in
 `quant.functional` never branches on a recipe's name, so a ninth recipe is one more
 `register_recipe(Recipe(...))` call. Rules that keep a recipe meaningful are checked on
 construction (`Recipe.__post_init__`): stochastic rounding only on gradients (NVFP4.md s3), the
-RHT only on 1x16 blocks, `fprop` reuse only for a slot whose tensor FPROP quantized.
+RHT only on 1x16 blocks, `fprop` reuse only for a slot whose tensor FPROP quantized (and not
+row-scaled: its per-row scales would run along the backward GEMM's contraction dim).
 
 Names are stable strings (they appear in trial keys and MLflow tags); `paper_id` (0-7) only
 orders tables.
@@ -35,6 +44,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
+
+from quant.nvfp4_options import check_options
 
 Mode = Literal["hp", "quantize", "fprop"]
 MODES: tuple[str, ...] = ("hp", "quantize", "fprop")
@@ -55,12 +66,20 @@ GEMMS: tuple[str, ...] = ("fprop", "dgrad", "wgrad")
 
 @dataclass(frozen=True)
 class Operand:
-    """How one operand of one GEMM is prepared (see the module docstring)."""
+    """How one operand of one GEMM is prepared (see the module docstring).
+
+    `e4m3_max=None` means TE's defaults: 256 for a 4over6 operand, 448 otherwise; it is stored
+    resolved, so equal settings compare (and hash) equal however they were written.
+    """
 
     mode: Mode = "hp"
     block: tuple[int, int] = (1, 16)
     rht: bool = False
     stochastic: bool = False
+    four_over_six: str | None = None
+    four_over_six_fast: bool = False
+    e4m3_max: int | None = None
+    row_scaled: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -68,27 +87,68 @@ class Operand:
         object.__setattr__(self, "block", tuple(self.block))
         if self.block not in BLOCKS:
             raise ValueError(f"Operand.block must be one of {BLOCKS}, got {self.block!r}")
-        if self.mode != "quantize" and (self.block != (1, 16) or self.rht or self.stochastic):
+        if self.e4m3_max is None:
+            object.__setattr__(self, "e4m3_max", 448 if self.four_over_six is None else 256)
+        settings = (self.block, self.rht, self.stochastic, self.four_over_six)
+        extra = (self.four_over_six_fast, self.e4m3_max, self.row_scaled)
+        if self.mode != "quantize" and (settings, extra) != (
+            ((1, 16), False, False, None),
+            (False, 448, False),
+        ):
             raise ValueError(
-                f"Operand(mode={self.mode!r}) takes no block/rht/stochastic settings: "
-                "they describe a quantization this operand does not perform"
+                f"Operand(mode={self.mode!r}) takes no block/rht/stochastic/four_over_six/"
+                "e4m3_max/row_scaled settings: they describe a quantization this operand does "
+                "not perform"
             )
         if self.rht and self.block != (1, 16):
             raise ValueError("Operand.rht needs 1x16 blocks: the RHT rotates 16-element chunks")
+        check_options(
+            block=self.block,
+            stochastic=self.stochastic,
+            rht=self.rht,
+            four_over_six=self.four_over_six,
+            four_over_six_fast=self.four_over_six_fast,
+            e4m3_max=self.e4m3_max,
+            row_scaled=self.row_scaled,
+            amax_given=False,
+            what="",
+        )
 
     @property
     def quantized(self) -> bool:
         return self.mode != "hp"
 
+    @property
+    def tensor_scale(self) -> float:
+        """6E: a / 6E is the tensor-level decode factor (2688 unless a 4over6 operand uses 256)."""
+        return 6.0 * self.e4m3_max
+
+    def quantizer_options(self) -> dict[str, Any]:
+        """The quant.nvfp4 keyword options of TE 2.20 this operand quantizes with."""
+        return {
+            "four_over_six": self.four_over_six,
+            "four_over_six_fast": self.four_over_six_fast,
+            "e4m3_max": self.e4m3_max,
+            "row_scaled": self.row_scaled,
+        }
+
     def notation(self, symbol: str) -> str:
-        """This operand in NVFP4.md section 5 notation: HP X, Q(X), Q2(W), Q(H dY)+SR, fwd Q(X)."""
+        """This operand in NVFP4.md section 5 notation: HP X, Q(X), Q2(W), Q(H dY)+SR, fwd Q(X),
+        plus Q2(W)+4/6 (4over6 MAE, exact, E 256) with its non-default settings in brackets,
+        e.g. +4/6[mse,fast,E448], and +RS for a row-scaled operand."""
         if self.mode == "hp":
             return f"HP {symbol}"
         if self.mode == "fprop":
             return f"fwd Q({symbol})"
         name = "Q2" if self.block == (16, 16) else "Q"
         rotated = "H " if self.rht else ""
-        return f"{name}({rotated}{symbol})" + ("+SR" if self.stochastic else "")
+        text = f"{name}({rotated}{symbol})" + ("+SR" if self.stochastic else "")
+        if self.four_over_six is not None:
+            extra = [self.four_over_six] if self.four_over_six != "mae" else []
+            extra += ["fast"] if self.four_over_six_fast else []
+            extra += [f"E{self.e4m3_max}"] if self.e4m3_max != 256 else []
+            text += "+4/6" + (f"[{','.join(extra)}]" if extra else "")
+        return text + ("+RS" if self.row_scaled else "")
 
 
 HP = Operand()
@@ -98,6 +158,8 @@ Q_SR = Operand("quantize", stochastic=True)
 QH = Operand("quantize", rht=True)
 QH_SR = Operand("quantize", rht=True, stochastic=True)
 FWD = Operand("fprop")
+Q_4O6 = Operand("quantize", four_over_six="mae")
+Q2_4O6 = Operand("quantize", block=(16, 16), four_over_six="mae")
 
 
 @dataclass(frozen=True)
@@ -133,8 +195,14 @@ class Recipe:
                         f"{where}: mode 'fprop' reuses a forward tensor; only the "
                         "backward input/weight slots have one"
                     )
-                if self.operand("fprop", role).mode != "quantize":
+                forward = self.operand("fprop", role)
+                if forward.mode != "quantize":
                     raise ValueError(f"{where}: mode 'fprop' needs fprop_{role} to be quantized")
+                if forward.row_scaled:
+                    raise ValueError(
+                        f"{where}: mode 'fprop' cannot reuse a row-scaled fprop_{role}: its "
+                        "per-row tensor scales would run along this GEMM's contraction dim"
+                    )
         for gemm in GEMMS:
             a, b = (self.operand(g, r) for g, r in SLOTS if g == gemm)
             if a.rht != b.rht:
@@ -191,7 +259,11 @@ class Recipe:
                         f"{key}: unknown operand field(s) {sorted(set(op) - op_known)}"
                         f"; valid: {sorted(op_known)}"
                     )
-                kwargs[key] = Operand(**op)
+                try:
+                    kwargs[key] = Operand(**op)
+                except (TypeError, ValueError) as err:
+                    name = data.get("name", "?")
+                    raise ValueError(f"recipe {name!r}, {key}: {err}") from None
         return cls(**kwargs)
 
 
@@ -328,3 +400,117 @@ del _recipe
 
 # The study's eight recipes in paper-id order (the registry may grow; this tuple does not).
 PAPER_RECIPES: tuple[str, ...] = tuple(list_recipes())
+
+# Built-ins beyond the paper: TE 2.20's 4over6 (docs/nvfp4.md s7.1, quant.nvfp4).
+# No paper id: they list after the paper's eight, and the paper's tables never include them.
+for _recipe in (
+    Recipe(
+        "2d_rht_sr_4o6w",
+        None,
+        "2D + RHT + SR + 4/6 W",
+        fprop_input=Q,
+        fprop_weight=Q2_4O6,
+        dgrad_grad_output=Q_SR,
+        dgrad_weight=Q2_4O6,
+        wgrad_grad_output=QH_SR,
+        wgrad_input=QH,
+        description="TE's default recipe (2d_rht_sr) with 4over6 on the weights' 16x16 tiles "
+        "(MAE, E 256): NVFP4BlockScaling(nvfp4_4over6='weights'); DGRAD takes TE's own "
+        "columnwise 4over6 copy of W",
+    ),
+    Recipe(
+        "nvfp4_4o6",
+        None,
+        "NVFP4 Full + 4/6 W, X",
+        fprop_input=Q_4O6,
+        fprop_weight=Q_4O6,
+        dgrad_grad_output=Q,
+        dgrad_weight=Q_4O6,
+        wgrad_grad_output=Q,
+        wgrad_input=Q_4O6,
+        description="nvfp4 (all 1x16, round-to-nearest, no RHT) with 4over6 (MAE, E 256) on "
+        "weights and activations in every GEMM; gradients standard, as in TE "
+        "(nvfp4_4over6='all', disable_rht=True)",
+    ),
+):
+    register_recipe(_recipe)
+del _recipe
+
+#: Every recipe shipped with the package (paper's eight first), in registry order.
+BUILTIN_RECIPES: tuple[str, ...] = tuple(list_recipes())
+
+
+# --------------------------------------------------------------------------- declared recipes
+
+#: Keys of a recipe declared as data (a sweep spec's `recipes:` section): the six operand
+#: slots, plus `base` (a registered recipe to start from), `display_name` and `description`.
+DECLARED_KEYS: tuple[str, ...] = (
+    "base",
+    "display_name",
+    "description",
+    *(f"{gemm}_{role}" for gemm, role in SLOTS),
+)
+
+
+def declare_recipe(name: str, data: dict[str, Any]) -> Recipe:
+    """A recipe from declared data: every slot given, or a registered `base` plus overrides.
+
+    An override is a mapping of Operand fields merged into the base's operand for that slot
+    (`fprop_weight: {four_over_six: mse}` on base `2d_rht_sr` is Q2(W) with 4over6 MSE); a new
+    `mode` starts the slot afresh. Slots neither given nor in a base are high precision. The
+    name must not be a registered recipe's. Errors name the recipe, the slot and the rule.
+    """
+    if not isinstance(data, dict):
+        raise ValueError(f"recipe {name!r}: expected a mapping, got {type(data).__name__}")
+    unknown = sorted(set(data) - set(DECLARED_KEYS))
+    if unknown:
+        raise ValueError(
+            f"recipe {name!r}: unknown key(s) {unknown}; valid: {', '.join(DECLARED_KEYS)}"
+        )
+    if name in _REGISTRY:
+        raise ValueError(
+            f"recipe {name!r}: the name of a built-in recipe; declare it under another name "
+            f"(with base: {name} to start from it)"
+        )
+    base = get_recipe(data["base"]) if data.get("base") is not None else None
+    fields_ = {
+        "name": name,
+        "paper_id": None,
+        "display_name": data.get("display_name") or name,
+        "description": data.get("description")
+        or (f"{base.name} with overrides" if base is not None else ""),
+    }
+    for gemm, role in SLOTS:
+        key = f"{gemm}_{role}"
+        start = base.operand(gemm, role) if base is not None else HP
+        fields_[key] = _merged_operand(name, key, start, data.get(key))
+    try:
+        return Recipe(**fields_)
+    except (TypeError, ValueError) as err:
+        raise ValueError(str(err)) from None
+
+
+def _merged_operand(recipe: str, key: str, start: Operand, override: Any) -> Operand:
+    if override is None:
+        return start
+    if not isinstance(override, dict):
+        raise ValueError(
+            f"recipe {recipe!r}, {key}: expected a mapping of operand fields, got {override!r}"
+        )
+    known = {f.name for f in fields(Operand)}
+    unknown = sorted(set(override) - known)
+    if unknown:
+        raise ValueError(
+            f"recipe {recipe!r}, {key}: unknown operand field(s) {unknown}; "
+            f"valid: {', '.join(sorted(known))}"
+        )
+    settings: dict[str, Any] = {}
+    if override.get("mode", start.mode) == start.mode:
+        settings = asdict(start)
+        if settings["e4m3_max"] == (448 if start.four_over_six is None else 256):
+            del settings["e4m3_max"]  # the base's default E: re-resolved for the merged slot
+    settings.update(override)
+    try:
+        return Operand(**settings)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"recipe {recipe!r}, {key}: {err}") from None

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
+from quant.nvfp4_options import check_options
+
 FLT_MAX = torch.finfo(torch.float32).max
 
 E2M1_GRID = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
@@ -159,8 +161,8 @@ class ReferenceResult:
     codes: torch.Tensor  # uint8, x's shape
     scales: torch.Tensor  # float32 E4M3 values, one per block / tile
     scale_codes: torch.Tensor  # uint8 E4M3 bytes
-    amax: torch.Tensor  # 0-d float32
-    dequant: torch.Tensor  # value(code) * fl(fl(s * a) * fl(1/2688))
+    amax: torch.Tensor  # 0-d float32, or (M,) when row-scaled
+    dequant: torch.Tensor  # value(code) * fl(fl(s * a) * fl(1/(6E)))
     blocks: torch.Tensor  # value(code) * s
 
 
@@ -168,9 +170,13 @@ ONE_SIXTH = fl(1 / 6)
 INV_2688 = fl(1 / 2688)
 
 
-def _tensor_scales(amax: float) -> tuple[float, float]:
-    """Step 2: S_enc = min(fl(2688 / a), FLT_MAX), 1 when a == 0; S_dec = fl(1 / S_enc)."""
-    s_enc = FLT_MAX if amax == 0 else min(fl(2688 / amax), FLT_MAX)
+def _tensor_scales(amax: float, e4m3_max: int = 448) -> tuple[float, float]:
+    """Step 2: S_enc = min(fl(6E / a), FLT_MAX), 1 when a == 0; S_dec = fl(1 / S_enc).
+
+    (TE's reference leaves S_enc = FLT_MAX for a == 0 under 4over6; every output is 0 either
+    way, because every block amax is then 0 too.)
+    """
+    s_enc = FLT_MAX if amax == 0 else min(fl(6 * e4m3_max / amax), FLT_MAX)
     if amax == 0 or s_enc == 0:
         s_enc = 1.0
     return s_enc, fl(1 / s_enc)
@@ -189,11 +195,76 @@ def _encode_factor(scale: float, s_dec: float) -> float:
 
 
 def _tiles(m: int, n: int, rows: int):
-    """Yield ((i, j), element positions) for every block (rows = 1) or tile (rows = 16)."""
+    """Yield ((i, j), rows of element positions) for every block (rows = 1) or tile (16)."""
     for i in range(m // rows):
         for j in range(n // 16):
-            cells = [(i * rows + r, j * 16 + c) for r in range(rows) for c in range(16)]
-            yield (i, j), cells
+            yield (i, j), [[(i * rows + r, j * 16 + c) for c in range(16)] for r in range(rows)]
+
+
+# --------------------------------------------------------------------------- 4over6
+
+
+@dataclass(frozen=True)
+class _FourOverSix:
+    """The 4over6 settings of one call: error mode, fast path, E (TE 2.20)."""
+
+    mode: str  # "mae" | "mse"
+    fast: bool
+    e4m3_max: int
+
+
+def _segment_error(
+    data, codes, row: list, scale: float, a: float, s_enc: float, opt: _FourOverSix
+) -> float:
+    """The candidate's error over one 16-element row segment, summed in index order from +0.
+
+    exact: d = fl(fl(fl(fl(val * s) * a) / fl(6E)) - x), a true division by 6E (not the
+    dequantize kernel's multiply by fl(1/(6E))); fast: d = fl(val * s - fl(x * S_enc)).
+    """
+    denominator = fl(6 * opt.e4m3_max)
+    err = 0.0
+    for r, c in row:
+        x = data[r][c]
+        decoded = fl(e2m1_value(codes[(r, c)]) * scale)  # exact: <= 8 significant bits
+        exact = not opt.fast
+        d = fl(fl(fl(decoded * a) / denominator) - x) if exact else fl(decoded - fl(x * s_enc))
+        err = fl(err + (abs(d) if opt.mode == "mae" else fl(d * d)))
+    return err
+
+
+def _tree_sum(errors: list[float]) -> float:
+    """A 16x16 tile's error from its 16 row errors: TE's fixed pairwise tree (warp shuffles)."""
+    while len(errors) > 1:
+        half = len(errors) // 2
+        errors = [fl(errors[i] + errors[i + half]) for i in range(half)]
+    return errors[0]
+
+
+def _four_over_six_block(data, rows: list, a: float, s_enc: float, s_dec: float, opt):
+    """Both candidates of one block or tile; returns (scale, scale code, {cell: code}).
+
+    base = fl(fl(b / 6) * S_enc) (TE <= 2.13's chain, a true division), map-to-6 scale
+    e4m3(min(base, 448)), map-to-4 e4m3(min(fl(base * 1.5), 448)) (448 also when E = 256).
+    Map-to-4 wins only with a strictly lower error.
+    """
+    b = max(abs(data[r][c]) for row in rows for r, c in row)
+    base = fl(fl(b / 6) * s_enc)
+    picked = {}
+    for name, pre in (("6", base), ("4", fl(base * 1.5))):
+        scale, code = e4m3_round(min(pre, 448.0))
+        factor = _encode_factor(scale, s_dec)
+        codes = {
+            (r, c): e2m1_code(min(max(fl(data[r][c] * factor), -6.0), 6.0))
+            for row in rows
+            for r, c in row
+        }
+        errors = [_segment_error(data, codes, row, scale, a, s_enc, opt) for row in rows]
+        picked[name] = (_tree_sum(errors), scale, code, codes)
+    best = picked["4"] if picked["4"][0] < picked["6"][0] else picked["6"]
+    return best[1:]
+
+
+# --------------------------------------------------------------------------- the quantizer
 
 
 def quantize_reference(
@@ -201,22 +272,47 @@ def quantize_reference(
     block=(1, 16),
     uniforms: torch.Tensor | None = None,
     rht: bool = False,
+    *,
+    four_over_six: str | None = None,
+    four_over_six_fast: bool = False,
+    e4m3_max: int = 448,
+    row_scaled: bool = False,
 ) -> ReferenceResult:
     """Quantize a 2-D tensor block by block, element by element (NVFP4.md s2, steps 1-7).
 
     Round-to-nearest-even, or stochastic rounding when `uniforms` (one U[0, 1) draw per
-    element, x's shape) is given. rht=True rotates first (`rht_reference`).
+    element, x's shape) is given. rht=True rotates first (`rht_reference`). The TE 2.20 options
+    (`four_over_six`, `four_over_six_fast`, `e4m3_max`, `row_scaled`) mean what they mean for
+    quant.nvfp4.quantize, and the same combinations are refused.
     """
     if x.dim() != 2:
         raise ValueError(f"the reference takes 2-D tensors, got shape {tuple(x.shape)}")
+    check_options(
+        block=tuple(block),
+        stochastic=uniforms is not None,
+        rht=rht,
+        four_over_six=four_over_six,
+        four_over_six_fast=four_over_six_fast,
+        e4m3_max=e4m3_max,
+        row_scaled=row_scaled,
+        amax_given=False,
+        what="quantize_reference",
+    )
     rows = tuple(block)[0]
     data = rht_reference(x) if rht else x.detach().to(torch.float32)
     a = data.tolist()
     m, n = data.shape
     u = None if uniforms is None else uniforms.to(torch.float32).reshape(m, n).tolist()
+    opt = (
+        None if four_over_six is None else _FourOverSix(four_over_six, four_over_six_fast, e4m3_max)
+    )
 
-    amax = max(abs(value) for row in a for value in row)
-    s_enc, s_dec = _tensor_scales(amax)
+    if row_scaled:  # one tensor scale per row (1x16 only, so a block lies in one row)
+        amaxes = [max(abs(value) for value in row) for row in a]
+    else:
+        amaxes = [max(abs(value) for row in a for value in row)] * m
+    scales_of_row = [_tensor_scales(amax, e4m3_max) for amax in amaxes]
+    inv_6e = fl(1 / (6 * e4m3_max))
     codes = [[0] * n for _ in range(m)]
     dequant = [[0.0] * n for _ in range(m)]
     blocks = [[0.0] * n for _ in range(m)]
@@ -224,22 +320,35 @@ def quantize_reference(
     scale_codes = [[0] * (n // 16) for _ in range(m // rows)]
 
     for (i, j), cells in _tiles(m, n, rows):
-        scale, scale_codes[i][j] = _block_scale(max(abs(a[r][c]) for r, c in cells), s_enc)
+        first = cells[0][0][0]
+        amax, (s_enc, s_dec) = amaxes[first], scales_of_row[first]
+        if opt is None:
+            block_amax = max(abs(a[r][c]) for row in cells for r, c in row)
+            scale, scale_codes[i][j] = _block_scale(block_amax, s_enc)
+            factor = _encode_factor(scale, s_dec)
+            for row in cells:
+                for r, c in row:
+                    v = min(max(fl(a[r][c] * factor), -6.0), 6.0)
+                    codes[r][c] = e2m1_code(v) if u is None else e2m1_code_stochastic(v, u[r][c])
+        else:
+            scale, scale_codes[i][j], chosen = _four_over_six_block(
+                a, cells, amax, s_enc, s_dec, opt
+            )
+            for (r, c), code in chosen.items():
+                codes[r][c] = code
         scales[i][j] = scale
-        factor = _encode_factor(scale, s_dec)
-        decode = fl(fl(scale * amax) * INV_2688)
-        for r, c in cells:
-            v = min(max(fl(a[r][c] * factor), -6.0), 6.0)
-            code = e2m1_code(v) if u is None else e2m1_code_stochastic(v, u[r][c])
-            codes[r][c] = code
-            dequant[r][c] = fl(e2m1_value(code) * decode)
-            blocks[r][c] = fl(e2m1_value(code) * scale)
+        decode = fl(fl(scale * amax) * inv_6e)
+        for row in cells:
+            for r, c in row:
+                dequant[r][c] = fl(e2m1_value(codes[r][c]) * decode)
+                blocks[r][c] = fl(e2m1_value(codes[r][c]) * scale)
 
+    amax_out = amaxes if row_scaled else amaxes[0]
     return ReferenceResult(
         torch.tensor(codes, dtype=torch.uint8),
         torch.tensor(scales, dtype=torch.float32),
         torch.tensor(scale_codes, dtype=torch.uint8),
-        torch.tensor(amax, dtype=torch.float32),
+        torch.tensor(amax_out, dtype=torch.float32),
         torch.tensor(dequant, dtype=torch.float32),
         torch.tensor(blocks, dtype=torch.float32),
     )

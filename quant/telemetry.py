@@ -40,17 +40,27 @@ def observer(layer: nn.Module) -> Observer | None:
     stats: dict[str, dict[str, float]] = {}
     setattr(layer, _STATS, stats)  # a new forward starts a new record
 
-    def observe(slot: str, reference: Tensor, blocks: Tensor, amax: Tensor, block) -> None:
+    def observe(
+        slot: str,
+        reference: Tensor,
+        blocks: Tensor,
+        amax: Tensor,
+        block,
+        tensor_scale: float = TENSOR_SCALE,
+    ) -> None:
         row = stats.setdefault(slot, {"signal": 0.0, "noise": 0.0, "zero": 0, "blocks": 0})
-        _accumulate(row, reference, blocks, amax, tuple(block))
+        _accumulate(row, reference, blocks, amax, tuple(block), tensor_scale)
 
     return observe
 
 
 @torch.no_grad()
-def _accumulate(row: dict, reference: Tensor, blocks: Tensor, amax: Tensor, block) -> None:
+def _accumulate(
+    row: dict, reference: Tensor, blocks: Tensor, amax: Tensor, block, tensor_scale: float
+) -> None:
     reference = reference.float()
-    dequantized = blocks * (amax / TENSOR_SCALE)
+    per_row = amax[:, None] if amax.dim() == 1 else amax  # a row-scaled operand's amax vector
+    dequantized = blocks * (per_row / tensor_scale)
     row["signal"] += float(reference.square().sum())
     row["noise"] += float((reference - dequantized).square().sum())
     rows, cols = blocks.shape[-2:] if blocks.dim() > 1 else (1, blocks.shape[-1])

@@ -147,6 +147,9 @@ def _stop(p: argparse.ArgumentParser) -> None:
 @command("list recipes", "List the QAT recipes, GEMM by GEMM.", "sweep.recipes_cli:main")
 def _list_recipes(p: argparse.ArgumentParser) -> None:
     _json_flag(p, "one JSON object per recipe, in a list")
+    p.add_argument(
+        "--spec", help="also list the recipes this sweep spec declares (its `recipes:` section)"
+    )
 
 
 @command("list models", "List the models with parameter counts per scale.", "sweep.models_cli:main")

@@ -75,6 +75,7 @@ def trial_config(
         "arch": arch,
         "scale": scale,
         "recipe": recipe,
+        "recipe_definition": spec.recipe(recipe).to_dict(),
         "seed": seed,
         "fold": fold,
         "split_seed": data.split_seed,

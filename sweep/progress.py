@@ -99,8 +99,10 @@ class ProgressCallback(Callback):
             del since[trial_id]
         waited = [t for t in pending if now - since[t.trial_id] >= self.pending_after]
         if waited and now - getattr(self, "_last_pending", 0.0) >= self.every:
-            self._last_pending = now
-            self._print(_pending_line(waited, now - since[waited[0].trial_id]))
+            line = _pending_line(waited, now - since[waited[0].trial_id])
+            if line:
+                self._last_pending = now
+                self._print(line)
 
     def _print(self, text: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {text}", file=self.out or sys.stdout, flush=True)
@@ -137,11 +139,15 @@ class ProgressCallback(Callback):
         self._print(f"FAILED {_payload(trial)['trial_key']}: {failure_reason(trial)[0]}")
 
 
-def _pending_line(waiting: list, waited_s: float) -> str:
+def _pending_line(waiting: list, waited_s: float) -> str | None:
+    """Why trials wait: what each asks against what is free; None while it is free (the trial
+    is being placed, not waiting for resources)."""
     import ray
 
     asked = waiting[0].placement_group_factory.required_resources
     free = ray.available_resources()
+    if all(free.get(k, 0) >= v for k, v in asked.items()):
+        return None
     total = ray.cluster_resources()
     ask = ", ".join(f"{v:g} {k}" for k, v in sorted(asked.items()) if v)
     have = ", ".join(

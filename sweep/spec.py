@@ -11,13 +11,21 @@ and every error names the field (as a dotted path) and, for choices, the valid v
       n_folds: 5
       split_seed: 2026
       image_size: 64
+    recipes:                         # optional: recipes declared here (usable in grid.recipe)
+      2d_rht_sr_4o6mse:
+        base: 2d_rht_sr              # a built-in to start from (or give all six slots)
+        fprop_weight: {four_over_six: mse}   # Operand fields merged into the base's slot
+        dgrad_weight: {four_over_six: mse}
     grid:                            # the axes; every combination is one trial
       arch: [cnn, swin]
       scale: [tiny]
-      recipe: [baseline, nvfp4, 2d_rht_sr]
+      recipe: [baseline, nvfp4, 2d_rht_sr, 2d_rht_sr_4o6mse]
       seed: [2026, 2027]
       fold: [holdout]                # or f0..f4 with split: kfold
-    protocol: {epochs: 3, batch_size: 8}     # overrides of the paper's training protocol
+    protocol: {epochs: 3, batch_size: 8}     # overrides of the paper's training protocol, and
+                                     # compile: auto | on | off (torch.compile the step;
+                                     # auto: on CUDA only; a bare on/off reads as a boolean),
+                                     # backend: emulated | te (see trainables.config)
     model_overrides: {}              # passed to models.build_model (e.g. swin shift option)
     resources: {cpus_per_trial: 1, gpus_per_trial: 0.25, max_concurrent: 4,
                 pending_warning_s: 300}   # say why a trial waits longer than this
@@ -32,6 +40,13 @@ and every error names the field (as a dotted path) and, for choices, the valid v
     search: null                     # or an Optuna search, see `SearchSpec`
     save_weights: false              # log each trial's best weights to MLflow
     analyze: false                   # run `sweep analyze NAME` when the sweep ends
+
+A declared recipe has the six operand slots of quant.recipes (fprop_input, fprop_weight,
+dgrad_grad_output, dgrad_weight, wgrad_grad_output, wgrad_input), each a mapping of Operand fields
+(mode, block, rht, stochastic, four_over_six, four_over_six_fast, e4m3_max, row_scaled), or a
+`base` built-in plus overrides, and optional display_name/description. It is validated before
+anything runs (errors name the recipe, the slot and the rule), and its full definition travels
+in every trial's config (`recipe_definition`): hashed, logged to MLflow, rebuilt by the worker.
 
 The spec knows nothing about Ray; `sweep.plan` turns it into trial configs. It holds no
 credentials: a field that looks like one is refused (`sweep.cluster.credential_fields`), since the
@@ -107,10 +122,11 @@ class GridSpec(_Strict):
 
     @field_validator("recipe")
     @classmethod
-    def _known_recipe(cls, values: list[str]) -> list[str]:
+    def _known_recipe(cls, values: list[str], info) -> list[str]:
         from quant import list_recipes
 
-        return _check_choices(values, tuple(list_recipes()))
+        declared = tuple((info.context or {}).get("declared_recipes", ()))
+        return _check_choices(values, (*list_recipes(), *declared))
 
 
 class ResourceSpec(_Strict):
@@ -185,6 +201,7 @@ class SearchSpec(_Strict):
 class SweepSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
     data: DataSpec
+    recipes: dict[str, dict[str, Any]] = {}
     grid: GridSpec
     protocol: dict[str, Any] = {}
     model_overrides: dict[str, Any] = {}
@@ -198,6 +215,29 @@ class SweepSpec(_Strict):
     search: SearchSpec | None = None
     save_weights: bool = False
     analyze: bool = False  # run `sweep analyze NAME` when the sweep ends
+
+    @field_validator("recipes")
+    @classmethod
+    def _declared_recipes(cls, recipes: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        from quant.recipes import declare_recipe
+
+        problems = []
+        for name, data in recipes.items():
+            try:
+                declare_recipe(name, data)
+            except ValueError as err:
+                problems.append(str(err))
+        if problems:
+            raise ValueError("; ".join(problems))
+        return recipes
+
+    def recipe(self, name: str):
+        """The recipe `name` of this spec: one declared in `recipes`, else a built-in."""
+        from quant.recipes import declare_recipe, get_recipe
+
+        if name in self.recipes:
+            return declare_recipe(name, self.recipes[name])
+        return get_recipe(name)
 
     @model_validator(mode="after")
     def _folds_match_split(self) -> SweepSpec:
@@ -242,8 +282,10 @@ def parse_spec(raw: dict, source: str = "<spec>") -> SweepSpec:
     if secrets:
         fields = "\n".join(f"  {where}: looks like a credential" for where in secrets)
         raise SpecError(f"{source}: invalid sweep spec\n{fields}\n  ({CREDENTIALS_HELP})")
+    declared = raw.get("recipes")
+    context = {"declared_recipes": list(declared) if isinstance(declared, dict) else []}
     try:
-        return SweepSpec.model_validate(raw)
+        return SweepSpec.model_validate(raw, context=context)
     except ValidationError as err:
         lines = [f"{source}: invalid sweep spec"]
         for e in err.errors():

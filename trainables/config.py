@@ -10,13 +10,23 @@ checkpoint, and never mutated. Two numbers identify it:
   can change a result. Two configs with the same hash must train to the same weights on the same
   device; anything else is a different experiment and the sweep ledger must not mix them.
 
-Result-affecting (hashed): the grid point (arch, scale, recipe, seed, fold), the data (split seed,
+Result-affecting (hashed): the grid point (arch, scale, recipe, seed, fold) with the recipe's full
+definition (`recipe_definition`, `quant.recipes.Recipe.to_dict()`: a recipe declared in a sweep
+spec exists nowhere else, and a built-in's settings are pinned with the run), the data (split seed,
 number of folds, the dataset path and version string, or the synthetic dataset's parameters; the
 image size; augmentation on/off), the whole protocol (epochs, batch size, optimizer, lr, weight
 decay, gradient clipping, plateau scheduler, early stopping, loss weights and Tversky parameters,
-logit clamp, precision), the model overrides, and the code version (package version + git sha).
+logit clamp, precision, backend, compile: a compiled step quantizes bit for bit as eager code,
+but its fp32 sums may run in another order), the model overrides, and the code version (package
+version + git sha).
 
-Not result-affecting (excluded from the hash, listed in `NOT_HASHED`): `num_workers` (augmentation
+`backend` is "emulated" (quant.prepare: every layer kind, every recipe, any device) or "te"
+(Transformer Engine on a Blackwell GPU: ViT/Swin Linear layers through transformer_engine.pytorch,
+quant.te). A trial TE cannot run exactly (a convolution it would quantize, a recipe its
+NVFP4BlockScaling cannot express) is refused here, when the sweep is planned, with the reason.
+
+Not result-affecting (excluded from the hash, listed in `NOT_HASHED`; also the recipe's display
+name and description inside `recipe_definition`): `num_workers` (augmentation
 is seeded per (seed, epoch, sample), so the number of loader processes cannot change a sample),
 `cache_dir` (where decoded data is kept), `tracking` (where and what is logged, system metrics
 included: a sampler thread reads psutil/NVML counters and never touches the model, the data or
@@ -119,6 +129,9 @@ class TrialConfig(_Frozen):
     # -- the grid point
     arch: Literal["cnn", "vit_adamw", "vit_adamax", "swin"]
     scale: str
+    # the full definition first, so that `recipe` is checked against it (filled from the
+    # registry for a built-in recipe; a declared recipe's comes from the sweep spec)
+    recipe_definition: dict[str, Any] | None = None
     recipe: str
     seed: int = Field(ge=0)
     fold: str = "holdout"
@@ -151,6 +164,8 @@ class TrialConfig(_Frozen):
     tversky_smooth: float = Field(1e-5, gt=0)
     logit_clamp: float = Field(20.0, gt=0)  # BCE sees logits clamped to [-c, c]
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    backend: Literal["emulated", "te"] = "emulated"
+    compile: Literal["off", "on", "auto"] = "auto"  # torch.compile the step; auto: on CUDA only
     model_overrides: dict[str, Any] = {}
     code_version: str = Field(default_factory=lambda: code_version())
 
@@ -181,6 +196,12 @@ class TrialConfig(_Frozen):
                 data[key] = value
         return data
 
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _yaml_switch(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare `on`/`off` as a boolean.
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
     @field_validator("scale")
     @classmethod
     def _known_scale(cls, scale: str, info) -> str:
@@ -193,14 +214,51 @@ class TrialConfig(_Frozen):
                 raise ValueError(f"unknown scale {scale!r}; valid choices: {', '.join(valid)}")
         return scale
 
-    @field_validator("recipe")
+    @model_validator(mode="before")
     @classmethod
-    def _known_recipe(cls, recipe: str) -> str:
+    def _builtin_recipe_definition(cls, data: Any) -> Any:
+        """A registered recipe's definition is filled in when none is given."""
         import quant
 
-        valid = list(quant.list_recipes())
-        if recipe not in valid:
-            raise ValueError(f"unknown recipe {recipe!r}; valid choices: {', '.join(valid)}")
+        if isinstance(data, dict) and data.get("recipe_definition") is None:
+            name = data.get("recipe")
+            if isinstance(name, str) and name in quant.list_recipes():
+                return {**data, "recipe_definition": quant.get_recipe(name).to_dict()}
+        return data
+
+    @field_validator("recipe_definition")
+    @classmethod
+    def _valid_definition(cls, definition: dict[str, Any] | None) -> dict[str, Any] | None:
+        from quant.recipes import Recipe
+
+        if definition is None:
+            return None
+        try:
+            return Recipe.from_dict(definition).to_dict()
+        except (TypeError, ValueError) as err:
+            raise ValueError(str(err)) from None
+
+    @field_validator("recipe")
+    @classmethod
+    def _known_recipe(cls, recipe: str, info) -> str:
+        import quant
+
+        if "recipe_definition" not in info.data:
+            return recipe  # the definition itself is invalid (reported there)
+        definition = info.data["recipe_definition"]
+        builtins = quant.list_recipes()
+        if definition is None:
+            raise ValueError(
+                f"unknown recipe {recipe!r}; valid choices: {', '.join(builtins)} "
+                "(or a recipe declared in the sweep spec, with its recipe_definition)"
+            )
+        if definition["name"] != recipe:
+            raise ValueError(f"recipe_definition is of recipe {definition['name']!r}")
+        if recipe in builtins and definition != quant.get_recipe(recipe).to_dict():
+            raise ValueError(
+                f"recipe_definition differs from the built-in recipe {recipe!r}; declare a "
+                "recipe with its own name instead"
+            )
         return recipe
 
     @field_validator("data_path")
@@ -225,7 +283,36 @@ class TrialConfig(_Frozen):
         valid_folds = ["holdout", *(f"f{i}" for i in range(self.n_folds))]
         if self.fold not in valid_folds:
             raise ValueError(f"fold {self.fold!r} is not one of {', '.join(valid_folds)}")
+        self._check_backend()
         return self
+
+    def _check_backend(self) -> None:
+        """Refuse, at plan time, what a backend cannot run (the reason is TE's or the layer's)."""
+        from quant.recipes import SLOTS
+        from quant.te import check_te_trial
+
+        recipe = self.recipe_object()
+        if not recipe.quantized:
+            return
+        kinds = quantized_layer_kinds(self.model_arch)
+        if self.backend == "te":
+            if self.compile == "on":
+                raise ValueError(
+                    "compile: on compiles the emulated quantizer; backend 'te' runs Transformer "
+                    "Engine's own kernels (use compile: auto or off)"
+                )
+            check_te_trial(recipe, kinds, what=self.arch)
+        elif "conv" in kinds and any(recipe.operand(*slot).row_scaled for slot in SLOTS):
+            raise ValueError(
+                f"recipe {recipe.name!r} has row-scaled operands, defined for Linear layers "
+                f"only, but {self.arch} quantizes convolutions (an im2col row mixes pixels)"
+            )
+
+    def recipe_object(self):
+        """The trial's quant.recipes.Recipe, rebuilt from `recipe_definition`."""
+        from quant.recipes import Recipe
+
+        return Recipe.from_dict(self.recipe_definition)
 
     # ------------------------------------------------------------------ identity
 
@@ -247,8 +334,12 @@ class TrialConfig(_Frozen):
         return f"{self.arch}-{self.scale}-{self.recipe}-s{self.seed}-{self.fold}"
 
     def result_fields(self) -> dict[str, Any]:
-        """The hashed fields, as JSON-ready values."""
-        return self.model_dump(mode="json", exclude=set(NOT_HASHED))
+        """The hashed fields, as JSON-ready values (a recipe's display name and description are
+        words, not settings: renaming a recipe for a figure does not change its trials)."""
+        words = {"display_name": True, "description": True}
+        return self.model_dump(
+            mode="json", exclude={**dict.fromkeys(NOT_HASHED, True), "recipe_definition": words}
+        )
 
     @property
     def config_hash(self) -> str:
@@ -294,6 +385,20 @@ class TrialConfig(_Frozen):
     def replace(self, **changes: Any) -> TrialConfig:
         """A validated copy with some fields changed."""
         return type(self).from_fields({**self.to_dict(), **changes})
+
+
+@functools.cache
+def quantized_layer_kinds(model_arch: str) -> frozenset[str]:
+    """{"linear", "conv"}: the kinds of layer a recipe quantizes in `model_arch` (any scale)."""
+    from torch import nn
+
+    import models
+    from models.layers import quantized_layers
+
+    model = models.build_model(model_arch, models.list_scales(model_arch)[0])
+    return frozenset(
+        "linear" if isinstance(m, nn.Linear) else "conv" for m in quantized_layers(model).values()
+    )
 
 
 def _describe(err: ValidationError, source: str) -> str:

@@ -23,7 +23,14 @@ Protocol (PAPER.md "Training", its defects not repeated):
   artifacts (config, history, PR curves, prediction histograms, their PNGs, the quantization-error
   table).
 - A non-finite training or validation loss raises NonFiniteLossError naming the epoch and step:
-  the run fails loudly; no batch or epoch is ever skipped.
+  the run fails loudly; no batch or epoch is ever skipped. So does a NaN/inf NVFP4 operand
+  (NonFiniteOperandError, a NonFiniteLossError): the quantizers record it in a device-side flag
+  (quant.nvfp4.FiniteCheck) instead of synchronizing, and each step reads the flag together
+  with the loss terms in one device-to-host transfer, after the backward and before the
+  optimizer step.
+- `compile` (off | on | auto = CUDA only): the steps run through quant.compile.compile_model
+  (torch.compile, fullgraph, bit-exact quantization); the module itself stays eager for
+  telemetry and checkpoints.
 - Device: CUDA with bf16 autocast when available (`precision="auto"`), fp32 on CPU, where the run
   is deterministic (torch.use_deterministic_algorithms) and bitwise reproducible for a fixed
   number of threads, across a stop and restore included.
@@ -53,6 +60,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from quant import nvfp4
 from trainables.checkpoint import (
     STATE_FILE,
     capture_rng,
@@ -72,6 +80,10 @@ TIMING_KEYS = frozenset({"epoch_time_s"})
 
 #: Training diverged (trainables.failures: never retried).
 NonFiniteLossError = NonFiniteLoss
+
+
+class NonFiniteOperandError(NonFiniteLossError):
+    """An NVFP4 operand (activation, weight or gradient) held NaN or inf during a step."""
 
 
 class InjectedFailure(RuntimeError):
@@ -180,8 +192,12 @@ def build_datasets_for(config: TrialConfig, data_root: Path):
 # --------------------------------------------------------------------------- model and optimizer
 
 
-def build_model_for(config: TrialConfig, sr_generator: torch.Generator) -> torch.nn.Module:
-    """Seed, build, then quantize: the initial weights never depend on the recipe."""
+def build_model_for(
+    config: TrialConfig, sr_generator: torch.Generator, device: torch.device | str | None = None
+) -> torch.nn.Module:
+    """Seed, build, then quantize: the initial weights never depend on the recipe (nor on the
+    backend). The recipe is the config's own definition (a spec may have declared it); the TE
+    backend swaps the Linear layers for transformer_engine's on `device` (quant.te)."""
     import models
     import quant
 
@@ -189,7 +205,33 @@ def build_model_for(config: TrialConfig, sr_generator: torch.Generator) -> torch
     torch.manual_seed(config.seed)
     model = models.build_model(config.model_arch, config.scale, **overrides)
     model.check_input_size(config.image_size, config.image_size)
-    return quant.prepare(model, quant.get_recipe(config.recipe), generator=sr_generator)
+    recipe = config.recipe_object()
+    if config.backend == "te":
+        from quant.te import te_model
+
+        return te_model(model.to(device or "cuda"), recipe)
+    return quant.prepare(model, recipe, generator=sr_generator)
+
+
+def compile_enabled(config: TrialConfig, device: torch.device) -> bool:
+    """`compile: on | off | auto`; auto compiles on CUDA only (see BENCHMARKS.md: on the CPU
+    the compile time outweighs the step-time gain for runs of this study's length)."""
+    if config.backend == "te":  # TE runs its own kernels (compile: on is refused at plan time)
+        return False
+    return config.compile == "on" or (config.compile == "auto" and device.type == "cuda")
+
+
+def step_model_for(config: TrialConfig, model: torch.nn.Module, device: torch.device):
+    """What runs the training and evaluation steps: `model`, or `model` compiled (fullgraph,
+    bit-exact settings; same parameters). Compiled kernels are cached in one folder per node
+    (TORCHINDUCTOR_CACHE_DIR, default <data cache>/inductor), so the trials of a node after
+    the first load them instead of compiling again."""
+    if not compile_enabled(config, device):
+        return model
+    from quant.compile import compile_model
+
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(data_cache_root(config) / "inductor"))
+    return compile_model(model)
 
 
 def build_optimizer(config: TrialConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -261,7 +303,11 @@ class TrainingRun:
         self.data = datasets
         self.sr_generator = torch.Generator(device=self.device)
         self.sr_generator.manual_seed(derive_seed(config.seed, "sr"))
-        self.model = build_model_for(config, self.sr_generator).to(self.device)
+        self.model = build_model_for(config, self.sr_generator, self.device).to(self.device)
+        # Quantizers record non-finite operands here on the device (no host sync); each step
+        # reads it once, together with the loss (`_step_values`).
+        self.finite_check = nvfp4.FiniteCheck(self.device)
+        self.step_model = step_model_for(config, self.model, self.device)
         seed_globals(derive_seed(config.seed, "train"))
         self.optimizer = build_optimizer(config, self.model)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -349,23 +395,38 @@ class TrainingRun:
         for step, (x, y) in enumerate(self._loader(self.data.train, shuffle=True, epoch=epoch)):
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)
-            with self._autocast():
-                logits = self.model(x)
-            terms = self.loss_fn(logits, y)
-            values = [t.item() for t in terms]
-            if not math.isfinite(values[0]):
-                raise NonFiniteLossError(
-                    f"{self.config.trial_key}: training loss {values[0]} at epoch {epoch}, "
-                    f"step {step} (bce {values[1]}, tversky {values[2]})"
-                )
             self.optimizer.zero_grad(set_to_none=True)
-            terms.total.backward()
+            with nvfp4.deferred(self.finite_check):
+                with self._autocast():
+                    logits = self.step_model(x)
+                terms = self.loss_fn(logits, y)
+                terms.total.backward()
+            values = self._step_values(terms, "training loss", f" at epoch {epoch}, step {step}")
             torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
             self.optimizer.step()
             sums += np.array(values) * len(x)
             seen += len(x)
         train = (sums / seen).tolist()  # Python floats: numpy scalars cannot be checkpointed
         return {"train_loss": train[0], "train_bce": train[1], "train_tversky": train[2]}
+
+    def _step_values(self, terms, what: str, where: str = "") -> list[float]:
+        """The loss terms as floats and the operand check, in one device-to-host transfer;
+        raises (before any optimizer step) when either is not finite."""
+        check = self.finite_check
+        values = torch.stack([t.detach().float() for t in terms] + [check.flag.float()])
+        *values, bad_operand = values.tolist()
+        check.reset()
+        if not math.isfinite(values[0]):
+            raise NonFiniteLossError(
+                f"{self.config.trial_key}: {what} {values[0]}{where} "
+                f"(bce {values[1]}, tversky {values[2]})"
+            )
+        if bad_operand:
+            raise NonFiniteOperandError(
+                f"{self.config.trial_key}: an NVFP4 operand (activation, weight or gradient) "
+                f"held NaN or inf{where}, with a finite {what} {values[0]}"
+            )
+        return values
 
     @torch.no_grad()
     def evaluate(self, dataset) -> tuple[dict[str, float], PixelScores]:
@@ -375,10 +436,10 @@ class TrainingRun:
         for x, y in self._loader(dataset, shuffle=False, epoch=0):
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)
-            with self._autocast():
-                logits = self.model(x)
+            with nvfp4.deferred(self.finite_check), self._autocast():
+                logits = self.step_model(x)
             terms = self.loss_fn(logits, y)
-            sums += np.array([t.item() for t in terms]) * len(x)
+            sums += np.array(self._step_values(terms, "evaluation loss")) * len(x)
             seen += len(x)
             hist.update(torch.sigmoid(logits.float()), y)
         loss = (sums / seen).tolist()
@@ -503,10 +564,9 @@ def build_tracker(config: TrialConfig, checkpoint_dir: Path):
     (its restored journal holds the same records, and its own end sets the run's status)."""
     if config.tracking is None:
         return None
-    import quant
     from trainables.tracking import TrialTracker, resolve_tracking_uri
 
-    recipe = quant.get_recipe(config.recipe)
+    recipe = config.recipe_object()
     sha = config.code_version.partition("+g")[2]
     tags = {
         "sweep": config.tracking.experiment,

@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from quant import functional as qf
-from quant.recipes import list_recipes
+from quant.recipes import get_recipe, list_recipes
 
-DETERMINISTIC = [r for r in list_recipes() if r not in ("2d_rht_sr", "sr_only")]
+DETERMINISTIC = [r for r in list_recipes() if not get_recipe(r).stochastic]
 
 # (B, Cin, Cout, H, W, kernel, stride, padding, dilation, output_padding)
 CONV_CASES = {

@@ -10,6 +10,7 @@ from torch import nn
 
 import quant
 from quant.recipes import (
+    BUILTIN_RECIPES,
     FWD,
     HP,
     PAPER_RECIPES,
@@ -37,6 +38,17 @@ TABLE = {
     "sr_only": (6, "Q(X), Q(W)", "Q(dY)+SR, Q(W)", "Q(dY)+SR, Q(X)"),
     "fwd_rht": (7, "Q(H X), Q(H W)", "HP dY, HP W", "HP dY, HP X"),
 }
+# The built-ins beyond the paper (TE 2.20's 4over6), listed after the paper's eight.
+BUILTINS = {
+    **TABLE,
+    "2d_rht_sr_4o6w": (
+        None,
+        "Q(X), Q2(W)+4/6",
+        "Q(dY)+SR, Q2(W)+4/6",
+        "Q(H dY)+SR, Q(H X)",
+    ),
+    "nvfp4_4o6": (None, "Q(X)+4/6, Q(W)+4/6", "Q(dY), Q(W)+4/6", "Q(dY), Q(X)+4/6"),
+}
 
 
 @pytest.fixture
@@ -54,22 +66,23 @@ def ninth():
 
 
 def test_registry_lists_the_paper_recipes_in_paper_order():
-    assert list_recipes() == list(TABLE)
-    assert tuple(TABLE) == PAPER_RECIPES
-    assert [get_recipe(n).paper_id for n in list_recipes()] == list(range(8))
-    assert len({get_recipe(n).display_name for n in list_recipes()}) == 8
+    assert list_recipes() == list(BUILTINS)
+    assert tuple(TABLE) == PAPER_RECIPES == BUILTIN_RECIPES[:8]
+    assert [get_recipe(n).paper_id for n in PAPER_RECIPES] == list(range(8))
+    assert all(get_recipe(n).paper_id is None for n in BUILTIN_RECIPES[8:])
+    assert len({get_recipe(n).display_name for n in list_recipes()}) == len(BUILTINS)
     assert get_recipe("nvfp4").display_name == "NVFP4 Full"
 
 
-@pytest.mark.parametrize("name", list(TABLE))
+@pytest.mark.parametrize("name", list(BUILTINS))
 def test_each_recipe_is_the_table_row(name):
     recipe = get_recipe(name)
-    paper_id, fprop, dgrad, wgrad = TABLE[name]
+    paper_id, fprop, dgrad, wgrad = BUILTINS[name]
     assert recipe.paper_id == paper_id
     assert (recipe.gemm_summary("fprop"), recipe.gemm_summary("dgrad")) == (fprop, dgrad)
     assert recipe.gemm_summary("wgrad") == wgrad
     assert recipe.quantized == (name != "baseline")
-    assert recipe.stochastic == (name in {"2d_rht_sr", "sr_only"})
+    assert recipe.stochastic == (name in {"2d_rht_sr", "sr_only", "2d_rht_sr_4o6w"})
 
 
 def test_get_recipe_errors_list_valid_names_and_pass_recipes_through():
@@ -79,7 +92,7 @@ def test_get_recipe_errors_list_valid_names_and_pass_recipes_through():
     assert get_recipe(recipe) is recipe
 
 
-@pytest.mark.parametrize("name", list(TABLE))
+@pytest.mark.parametrize("name", list(BUILTINS))
 def test_recipes_round_trip_through_plain_data(name):
     recipe = get_recipe(name)
     data = json.loads(json.dumps(recipe.to_dict()))
@@ -179,9 +192,9 @@ def test_every_slot_defaults_to_high_precision():
 def test_cli_lists_recipes_as_json(capsys):
     assert sweep_main(["list", "recipes", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [row["name"] for row in rows] == list(TABLE)
+    assert [row["name"] for row in rows] == list(BUILTINS)
     for row in rows:
-        paper_id, fprop, dgrad, wgrad = TABLE[row["name"]]
+        paper_id, fprop, dgrad, wgrad = BUILTINS[row["name"]]
         assert (row["paper_id"], row["fprop"], row["dgrad"], row["wgrad"]) == (
             paper_id,
             fprop,
@@ -200,5 +213,5 @@ def test_cli_prints_a_table(capsys):
     assert sweep_main(["list", "recipes"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:3] == ["id", "name", "display"]
-    assert len(lines) == 2 + len(TABLE)
+    assert len(lines) == 2 + len(BUILTINS)
     assert "Q(H dY)+SR, Q(H X)" in lines[2 + 5]

@@ -137,9 +137,23 @@ GOLDEN_FIELDS = {
     "plateau_patience": 10, "early_stop_min_delta": 0.001, "early_stop_patience": 20,
     "early_stop_warmup": 40, "bce_weight": 1.0, "tversky_weight": 1.0, "tversky_alpha": 0.3,
     "tversky_beta": 0.7, "tversky_smooth": 1e-05, "logit_clamp": 20.0, "precision": "auto",
-    "model_overrides": {}, "code_version": "0.1.0",
+    "compile": "auto", "model_overrides": {}, "code_version": "0.1.0", "backend": "emulated",
+    "recipe_definition": {
+        "name": "baseline", "paper_id": 0,
+        **{
+            slot: {
+                "mode": "hp", "block": [1, 16], "rht": False, "stochastic": False,
+                "four_over_six": None, "four_over_six_fast": False, "e4m3_max": 448,
+                "row_scaled": False,
+            }
+            for slot in (
+                "fprop_input", "fprop_weight", "dgrad_grad_output", "dgrad_weight",
+                "wgrad_grad_output", "wgrad_input",
+            )
+        },
+    },
 }  # fmt: skip
-GOLDEN_HASH = "2960dbb02a9a993ce62a2ce412365b5f620fe3e59dccd5c06ca9a38b450d249b"
+GOLDEN_HASH = "8054079eae6cad21a8e3fbe76a40d681b1bdb77e8f779469f2307ad2ef4bb0aa"
 
 
 def test_hash_is_sha256_of_the_canonical_json():
@@ -187,8 +201,11 @@ CHANGED = {
     "tversky_smooth": 1.0,
     "logit_clamp": 10.0,
     "precision": "bf16",
+    "compile": "on",
     "model_overrides": {"drop_path": 0.0},
     "code_version": "9.9.9",
+    "backend": "te",
+    "recipe_definition": None,  # see test_hash_covers_the_recipe_definition
 }
 
 
@@ -196,7 +213,7 @@ def test_every_field_is_classified():
     assert set(CHANGED) | NOT_HASHED == set(TrialConfig.model_fields)
 
 
-@pytest.mark.parametrize("field", sorted(set(CHANGED) - {"data_path"}))
+@pytest.mark.parametrize("field", sorted(set(CHANGED) - {"data_path", "recipe_definition"}))
 def test_hash_changes_with_each_result_affecting_field(field):
     base = make()
     changed = make(**{field: CHANGED[field]})
@@ -237,3 +254,125 @@ def test_replace_validates():
     assert c.replace(epochs=3).epochs == 3
     with pytest.raises(ConfigError, match="epochs"):
         c.replace(epochs=-3)
+
+
+# --------------------------------------------------------------------------- recipe, backend
+
+MINE = {
+    "name": "mine",
+    "paper_id": None,
+    "display_name": "Mine",
+    "description": "",
+    "fprop_input": {"mode": "quantize"},
+    "fprop_weight": {"mode": "quantize", "block": [16, 16], "four_over_six": "mae"},
+}
+
+
+REUSES_ROW_SCALED = {
+    **MINE,
+    "fprop_input": {"mode": "quantize", "row_scaled": True},
+    "wgrad_input": {"mode": "fprop"},
+}
+
+
+def test_a_declared_recipe_travels_in_the_config_and_its_hash():
+    mine = make(arch="swin", recipe="mine", recipe_definition=MINE)
+    assert mine.recipe_object().fprop_weight.e4m3_max == 256  # TE's default, resolved
+    assert TrialConfig.from_json(mine.to_json()) == mine
+    mse = {**MINE, "fprop_weight": {**MINE["fprop_weight"], "four_over_six": "mse"}}
+    assert make(arch="swin", recipe="mine", recipe_definition=mse).config_hash != mine.config_hash
+    renamed = {**MINE, "display_name": "Other words", "description": "for a figure"}
+    same = make(arch="swin", recipe="mine", recipe_definition=renamed)
+    assert same.config_hash == mine.config_hash
+
+
+def test_hash_covers_the_recipe_definition():
+    from tests.quant.test_recipes import BUILTINS
+
+    hashes = {make(arch="swin", recipe=name).config_hash for name in BUILTINS}
+    assert len(hashes) == len(BUILTINS)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"recipe": "mine"}, "  recipe: unknown recipe 'mine'; valid choices: baseline"),
+        ({"recipe": "other", "recipe_definition": MINE}, "recipe_definition is of recipe 'mine'"),
+        (
+            {"recipe": "nvfp4", "recipe_definition": {**MINE, "name": "nvfp4"}},
+            "differs from the built-in recipe 'nvfp4'",
+        ),
+        (
+            {"recipe": "mine", "recipe_definition": REUSES_ROW_SCALED},
+            "  recipe_definition: recipe 'mine', wgrad_input: mode 'fprop' cannot reuse a "
+            "row-scaled",
+        ),
+        ({"backend": "tpu"}, "  backend: Input should be 'emulated' or 'te'"),
+    ],
+)
+def test_recipe_and_backend_errors_name_the_field(changes, message):
+    with pytest.raises(ConfigError) as err:
+        make(arch="swin", **changes)
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"arch": "cnn", "recipe": "nvfp4"}, "cnn quantizes convolutions and Transformer Engine"),
+        ({"recipe": "fwd_only"}, "'fwd_only' cannot run on Transformer Engine: its DGRAD"),
+        ({"recipe": "chain_rule"}, "'chain_rule' cannot run on Transformer Engine"),
+        ({"recipe": "fwd_rht"}, "its FPROP operand is Q(H X)"),
+        ({"recipe": "nvfp4", "compile": "on"}, "backend 'te' runs Transformer Engine's own"),
+        (
+            {"recipe": "mine", "recipe_definition": MINE},
+            "'mine' cannot run on Transformer Engine: its DGRAD operand is HP dY",
+        ),
+    ],
+)
+def test_backend_te_refuses_at_plan_time_what_te_cannot_run(changes, message):
+    with pytest.raises(ConfigError) as err:
+        make(**{"arch": "vit_adamw", "backend": "te", **changes})
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "recipe", ["baseline", "nvfp4", "2d_rht_sr", "2d_rht_sr_4o6w", "nvfp4_4o6"]
+)
+def test_backend_te_accepts_what_te_runs_exactly(recipe):
+    for arch in ("vit_adamw", "swin"):
+        assert make(arch=arch, recipe=recipe, backend="te").backend == "te"
+
+
+def test_row_scaled_recipes_are_refused_for_the_cnn():
+    rows = {**MINE, "fprop_weight": {"mode": "quantize"}}
+    rows["fprop_input"] = {"mode": "quantize", "row_scaled": True}
+    assert make(arch="swin", recipe="mine", recipe_definition=rows).recipe == "mine"
+    with pytest.raises(ConfigError, match="row-scaled operands, defined for Linear layers only"):
+        make(arch="cnn", recipe="mine", recipe_definition=rows)
+
+
+def test_mlflow_params_carry_the_full_recipe_definition(tmp_path):
+    """Into the session's MLflow store (tests/conftest.py), as a sweep's trial logs them."""
+    import os
+
+    from mlflow import MlflowClient
+
+    from trainables.loop import build_tracker
+
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    tracking = {"experiment": "declared-recipe-params"}
+    config = make(arch="swin", recipe="mine", recipe_definition=MINE, tracking=tracking)
+    tracker = build_tracker(config, tmp_path / "trial")
+    assert tracker.finish().ok
+    params = MlflowClient(uri).get_run(tracker.run_id).data.params
+    assert params["recipe"] == "mine" and params["backend"] == "emulated"
+    assert params["recipe_definition.fprop_weight.four_over_six"] == "mae"
+    assert params["recipe_definition.fprop_weight.e4m3_max"] == "256"
+    assert params["recipe_definition.dgrad_weight.mode"] == "hp"
+
+
+def test_compile_switch_reads_yaml_booleans_and_names_the_choices():
+    assert make(compile=True).compile == "on" and make(compile=False).compile == "off"
+    with pytest.raises(ConfigError, match=r"compile: Input should be 'off', 'on' or 'auto'"):
+        make(compile="yes")
