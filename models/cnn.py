@@ -21,9 +21,9 @@ BatchNorm holds 2C)::
 
 which gives the paper's 530,753 (S=4, C=64), 3,684,481 (6, 128) and 13,674,529 (7, 224).
 
-Full precision (PAPER.md): the first encoder conv (3 input channels: too few for a 16-wide NVFP4
-block, and the raw pixels matter most), the bottleneck conv and the last decoder layer (it makes
-the logits). Every other conv / transposed conv is quantized, and since C is a multiple of 16
+Full precision (docs/study.md): the first encoder conv (3 input channels: too few for a 16-wide
+NVFP4 block, and the raw pixels matter most), the bottleneck conv and the last decoder layer (it
+makes the logits). Every other conv / transposed conv is quantized, and since C is a multiple of 16
 their contraction dimensions tile into NVFP4 blocks exactly.
 
 Init: Kaiming normal (fan-in, ReLU gain) for every conv and transposed-conv weight, zero biases,

@@ -277,7 +277,7 @@ def trunc_normal_(tensor: torch.Tensor, std: float = 0.02) -> None:
 def init_transformer_weights(module: nn.Module) -> None:
     """Linear: trunc-normal(std 0.02) weights, zero bias; LayerNorm: weight 1, bias 0.
 
-    Convolutions keep PyTorch's default init: PAPER.md gives an init rule for Linear and
+    Convolutions keep PyTorch's default init: docs/study.md gives an init rule for Linear and
     LayerNorm (and the position / bias tables, initialized where they are created) only.
     """
     if isinstance(module, nn.Linear):

@@ -4,8 +4,8 @@
 the arch's config dataclass defaults (dropout rates, img_size 256, ...). ``build_model`` merges
 ``overrides`` on top, validates through the config dataclass, and builds the model.
 
-Scales 500k / 4m / 15m are the paper's (PAPER.md, "Models"); their parameter counts are pinned by
-tests/models/test_param_counts.py. ``tiny`` is ours: a preset per arch well under 100k parameters
+Scales 500k / 4m / 15m are the paper's (docs/study.md, "Models"); their parameter counts are pinned
+by tests/models/test_param_counts.py. ``tiny`` is ours: a preset per arch well under 100k parameters
 that runs at 64x64 so tests and the CPU quickstart are fast. Its widths are multiples of 16 like
 the paper's, so every quantized layer tiles into NVFP4 blocks, and its transformer heads are 16
 wide like the 500k Swin's.

@@ -10,8 +10,8 @@ Encoder::
              dropout 0.1, fc2 Linear(r*D, D), dropout 0.1; DropPath linspace(0, 0.1, depth)
     output   LayerNorm, drop CLS, reshape to D x 16 x 16
 
-The dropout placement inside MHSA and MLP follows timm's Attention/Mlp (PAPER.md names the rate,
-not every site). Init as the paper gives it for Swin, which shares these layers: Linear
+The dropout placement inside MHSA and MLP follows timm's Attention/Mlp (docs/study.md names the
+rate, not every site). Init as the paper gives it for Swin, which shares these layers: Linear
 trunc-normal(0.02) with zero bias, LayerNorm 1/0, CLS and position table trunc-normal(0.02).
 
 Decoder: 4 x [ConvTranspose2d 2x2 stride 2, GroupNorm, GELU] with channels D -> D/2 -> D/4 ->

@@ -13,7 +13,7 @@
 - `quant.te`: the optional Transformer Engine backend (imports TE lazily).
 - `quant.compile`: torch.compile of a quantized model with bit-exact compiler settings.
 
-Only torch is imported here; see ../shared/NVFP4.md for the numerics this package implements.
+Only torch is imported here; see docs/nvfp4.md for the numerics this package implements.
 """
 
 from quant import functional, nvfp4, recipes, telemetry

@@ -7,7 +7,7 @@ model with no graph break: the scale chain stays on the device, SR bytes come fr
 generator through a custom op, and the conv geometry is plain Python. What the compiler may not
 do is change a rounding, and three of its defaults would:
 
-- Triton lowers an fp32 `x / y` to the approximate `div.full.f32`; NVFP4.md s2 needs correctly
+- Triton lowers an fp32 `x / y` to the approximate `div.full.f32`; docs/nvfp4.md s2 needs correctly
   rounded divisions (S_enc = 2688 / a, the encode factor 1 / (s * S_dec)).
   `eager_numerics.division_rounding` makes it `div_rn`, as eager CUDA divides.
 - Triton contracts a multiply and an add into one fused multiply-add (one rounding instead of

@@ -19,7 +19,7 @@ What the forward keeps for the backward follows from the recipe, not from its na
   exact because a tile is transpose-invariant (`2d_rht`, `2d_rht_sr`); under 4over6 it is
   not (near-ties can pick the other candidate), so W^T is quantized on its own, as TE does.
 
-How the rows of NVFP4.md section 5 come out of this (all through the same code):
+How the rows of docs/nvfp4.md section 5 come out of this (all through the same code):
 
     baseline    nothing quantized -> the plain torch op (bitwise nn.Linear/Conv2d/ConvT2d)
     nvfp4       six "quantize" slots: X, W along K; dY, W^T along N; dY^T, X^T along M

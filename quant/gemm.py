@@ -1,6 +1,6 @@
 """The emulated NVFP4 GEMM, and how Linear, Conv2d and ConvTranspose2d map onto it.
 
-One GEMM (NVFP4.md s4)
+One GEMM (docs/nvfp4.md s4)
 ----------------------
 `out = A @ B^T` contracts over K. With both operands quantized along K (1x16 blocks, or 16x16
 tiles for a weight), each is a tensor of decoded blocks times its tensor scale:
@@ -35,7 +35,7 @@ permutation of every (GEMM, role): for a Linear `Y = X W^T` (X: M x K, W: N x K,
 
 For 16x16 weight tiles the rows before the contraction dim are ordered (kernel taps, other
 channel) so a tile never straddles a tap. A tile is transpose-invariant (same 256 elements, same
-amax, same scale), so Q2(W^T) == Q2(W)^T exactly and DGRAD reuses the forward's tiles (NVFP4.md
+amax, same scale), so Q2(W^T) == Q2(W)^T exactly and DGRAD reuses the forward's tiles (docs/nvfp4.md
 s5: "Q2(W)^T same tiles"). WGRAD contracts over tokens; a token count that is not a multiple of
 16 (a batch of 257-token ViT images, the last batch of an epoch) is zero-padded: zero rows add
 nothing to the product and change no amax.
@@ -43,7 +43,7 @@ nothing to the product and change no amax.
 Convolutions: the implicit GEMM without im2col
 ----------------------------------------------
 A Conv2d is the GEMM `Y (T x Cout) = A (T x K) @ W_mat^T` with T = batch x output pixels, A the
-channels-last im2col of X and K ordered (kh, kw, cin) (NVFP4.md s4). Blocks of 16 along K then
+channels-last im2col of X and K ordered (kh, kw, cin) (docs/nvfp4.md s4). Blocks of 16 along K then
 lie inside one kernel tap, along cin, at one input pixel, so:
 
 - FPROP: quantizing A along K == quantizing X along C at every pixel (NHWC), once; W along cin

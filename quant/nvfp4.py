@@ -2,9 +2,9 @@
 
 This is the fast path that every quantized GEMM of QAT goes through. It reproduces NVIDIA
 Transformer Engine (TE >= 2.14, recipe `NVFP4BlockScaling`) bit for bit; the contract is
-../shared/NVFP4.md, and quant/reference.py is the same algorithm written as slow explicit loops.
+docs/nvfp4.md, and quant/reference.py is the same algorithm written as slow explicit loops.
 
-The format (NVFP4.md s1)
+The format (docs/nvfp4.md s1)
 ------------------------
 An element is FP4 E2M1: one sign bit and eight magnitudes
 
@@ -21,7 +21,7 @@ so a tensor needs scaling to use that tiny range. NVFP4 scales twice:
 A real value is approximately value(code) * s * a / (6 * 448): s in [0, 448] stretches the block
 and a / 2688 maps E4M3's range back onto the tensor's.
 
-The arithmetic, in float32, step by step (NVFP4.md s2; fl() is fp32 rounding)
+The arithmetic, in float32, step by step (docs/nvfp4.md s2; fl() is fp32 rounding)
 ------------------------------------------------------------------------------
 1. a     = max|x|                                   (for an RHT operand: after the rotation)
 2. S_enc = min(fl(2688 / a), FLT_MAX), 1 if a == 0;  S_dec = fl(1 / S_enc)
@@ -39,7 +39,7 @@ The arithmetic, in float32, step by step (NVFP4.md s2; fl() is fp32 rounding)
 7. x_hat = value(code) * fl(fl(s * a) * fl(1/2688))  TE's dequantize kernel (`dequantize()`)
 
 For GEMMs the operand is `value(code) * s` (`decode_blocks()`, exact in fp32) and the product is
-multiplied once by alpha = a_A * a_B / (6*6*448*448) (NVFP4.md s4); `fake_quantize` returns
+multiplied once by alpha = a_A * a_B / (6*6*448*448) (docs/nvfp4.md s4); `fake_quantize` returns
 exactly that operand plus a.
 
 Fast E2M1 rounding without comparisons
@@ -64,7 +64,7 @@ so it allocates nothing tensor-sized beyond its result. A transposed fp32 matrix
 contiguous, the layout of W^T, dY^T and X^T in DGRAD/WGRAD) is quantized in its own memory
 layout, blocks running down its columns, and returned transposed: no transposing copies.
 
-Random Hadamard transform and stochastic rounding (NVFP4.md s3)
+Random Hadamard transform and stochastic rounding (docs/nvfp4.md s3)
 ---------------------------------------------------------------
 `rht(x)` multiplies every contiguous 16-chunk c of the last dimension by R = diag(sign) H16 / 4
 (H16 the Sylvester Hadamard matrix, fixed sign vector), in fp32, then rounds to bf16 as TE keeps
@@ -72,8 +72,8 @@ the rotated tensor in bf16. R is orthogonal, so rotating both GEMM operands alon
 dimension leaves the product unchanged and no inverse is ever applied.
 
 Stochastic rounding replaces step 6: |v| goes up to the next grid point with probability
-(|v| - lo) / (hi - lo) = p. Like TE on the GPU, each element gets 8 random bits (NVFP4.md s3 asks
-for TE's distribution, not its bit stream), and the decision is the hardware's: add the byte to
+(|v| - lo) / (hi - lo) = p. Like TE on the GPU, each element gets 8 random bits (docs/nvfp4.md s3
+asks for TE's distribution, not its bit stream), and the decision is the hardware's: add the byte to
 the 8 bits below the kept grid position and carry, i.e. round up with probability floor(256 p)
 / 256, p truncated to 8 bits (bias below 1/256 of a step, toward zero; grid points, p = 0, never
 move). `_round_stochastic_` does it in fixed point with integer ops. The bytes are 8 per 64-bit
@@ -152,7 +152,7 @@ E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 """Magnitudes indexed by the low three bits of a code."""
 
 RHT_SIGNS = (1, 1, 1, -1, 1, -1, -1, -1, -1, -1, -1, 1, -1, 1, -1, -1)
-"""TE's fixed sign vector for the 16-point random Hadamard transform (NVFP4.md s3)."""
+"""TE's fixed sign vector for the 16-point random Hadamard transform (docs/nvfp4.md s3)."""
 
 # Step 6 magic: keep only v's exponent bits, clamp them to the binades [1,2) .. [4,8) (anything
 # smaller rounds with step 0.5 like [1,2); anything larger saturates anyway): that is 2^e as a
@@ -652,11 +652,11 @@ class NVFP4Tensor:
         return values.mul_(factors).view(self.shape)
 
     def decode_blocks(self) -> torch.Tensor:
-        """value(code) * s as float32: the GEMM operand of NVFP4.md s4 (exact)."""
+        """value(code) * s as float32: the GEMM operand of docs/nvfp4.md s4 (exact)."""
         return self._per_element(self.scales)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """value(code) * fl(fl(s * a) * fl(1/(6E))): TE's dequantize kernel (NVFP4.md s2.7),
+        """value(code) * fl(fl(s * a) * fl(1/(6E))): TE's dequantize kernel (docs/nvfp4.md s2.7),
         with the row's amax when row-scaled."""
         amax = self.amax[..., None] if self.amax.dim() else self.amax
         factors = _dequant_factors(self.scales, amax, self.e4m3_max)
@@ -789,7 +789,7 @@ def stochastic_bits(
 def stochastic_thresholds(bits: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """Per-element u in (0, 1) with which the rule "round |v| up iff u < p" decides as we do.
 
-    p = (|v| - lo) / (hi - lo), the rule of NVFP4.md s3 and of quant/reference.py, which takes
+    p = (|v| - lo) / (hi - lo), the rule of docs/nvfp4.md s3 and of quant/reference.py, which takes
     u as its draws. `bits` are the bytes of `stochastic_bits`, `values` the tensor quantized (x,
     or rht(x)), whose signs pick the form of the carry test (see `_round_stochastic_`): a
     positive v rounds up iff p >= (256 - byte) / 256, a negative one iff p >= (byte + 1) / 256;
@@ -1105,8 +1105,8 @@ def fake_quantize(
     """The QAT hot path: (value(code) * s as float32 of x's shape, amax as a 0-d fp32 tensor).
 
     Equals `q = quantize(...)` then `(q.decode_blocks(), q.amax)` without building codes. A GEMM
-    of two such operands times alpha = a_A * a_B / (6*6*448*448) is the NVFP4 GEMM (NVFP4.md s4).
-    `amax` as for `quantize`; the returned amax is then that one. Two passes over x, each chunk
+    of two such operands times alpha = a_A * a_B / (6*6*448*448) is the NVFP4 GEMM (docs/nvfp4.md
+    s4). `amax` as for `quantize`; the returned amax is then that one. Two passes over x, each chunk
     by chunk: block amax (rotating into the output buffer first for rht=True), then
     encode, round and decode in place in the output. The TE 2.20 options as for `quantize`
     (the amax is then one value per row when `row_scaled`).

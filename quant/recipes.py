@@ -1,7 +1,7 @@
 """The eight NVFP4 QAT recipes of the paper, as data.
 
-A quantized layer `Y = X W^T` runs three GEMMs (NVFP4.md section 4). Each GEMM has two operands,
-named here by the tensor they come from:
+A quantized layer `Y = X W^T` runs three GEMMs (docs/nvfp4.md section 4). Each GEMM has two
+operands, named here by the tensor they come from:
 
     GEMM    computes            contracts over   operands (role)
     fprop   Y  = X  @ W^T        K (in features)  input X,        weight W
@@ -29,10 +29,10 @@ A quantized operand also carries TE 2.20's two options (quant.nvfp4_options, qua
 - `row_scaled=True`: one tensor scale per row of the operand's (rows, contraction) matrix, 1x16
   only; the GEMM's alpha becomes a vector. Linear layers only (an im2col row mixes pixels).
 
-The table of NVFP4.md section 5 is then eight rows of data in `_REGISTRY`; the autograd code in
+The table of docs/nvfp4.md section 5 is then eight rows of data in `_REGISTRY`; the autograd code in
 `quant.functional` never branches on a recipe's name, so a ninth recipe is one more
 `register_recipe(Recipe(...))` call. Rules that keep a recipe meaningful are checked on
-construction (`Recipe.__post_init__`): stochastic rounding only on gradients (NVFP4.md s3), the
+construction (`Recipe.__post_init__`): stochastic rounding only on gradients (docs/nvfp4.md s3), the
 RHT only on 1x16 blocks, `fprop` reuse only for a slot whose tensor FPROP quantized (and not
 row-scaled: its per-row scales would run along the backward GEMM's contraction dim).
 
@@ -133,8 +133,8 @@ class Operand:
         }
 
     def notation(self, symbol: str) -> str:
-        """This operand in NVFP4.md section 5 notation: HP X, Q(X), Q2(W), Q(H dY)+SR, fwd Q(X),
-        plus Q2(W)+4/6 (4over6 MAE, exact, E 256) with its non-default settings in brackets,
+        """This operand in docs/nvfp4.md section 5 notation: HP X, Q(X), Q2(W), Q(H dY)+SR, fwd
+        Q(X), plus Q2(W)+4/6 (4over6 MAE, exact, E 256) with its non-default settings in brackets,
         e.g. +4/6[mse,fast,E448], and +RS for a row-scaled operand."""
         if self.mode == "hp":
             return f"HP {symbol}"
@@ -187,7 +187,7 @@ class Recipe:
             where = f"recipe {self.name!r}, {gemm}_{role}"
             if op.stochastic and role != "grad_output":
                 raise ValueError(
-                    f"{where}: stochastic rounding is for gradients only (NVFP4.md s3)"
+                    f"{where}: stochastic rounding is for gradients only (docs/nvfp4.md s3)"
                 )
             if op.mode == "fprop":
                 if gemm == "fprop" or role == "grad_output":
@@ -228,7 +228,7 @@ class Recipe:
         return any(self.operand(g, r).stochastic for g, r in SLOTS)
 
     def gemm_summary(self, gemm: str) -> str:
-        """One GEMM in the notation of NVFP4.md's table, e.g. 'Q(dY)+SR, Q2(W)'."""
+        """One GEMM in the notation of docs/nvfp4.md's table, e.g. 'Q(dY)+SR, Q2(W)'."""
         symbols = {"input": "X", "weight": "W", "grad_output": "dY"}
         return ", ".join(
             self.operand(g, role).notation(symbols[role]) for g, role in SLOTS if g == gemm
@@ -268,7 +268,7 @@ class Recipe:
 
 
 # --------------------------------------------------------------------------- the registry
-# NVFP4.md section 5, row by row.
+# docs/nvfp4.md section 5, row by row.
 
 _REGISTRY: dict[str, Recipe] = {}
 

@@ -1,7 +1,7 @@
 """The slow, obviously correct NVFP4 quantizer: explicit loops and tables. Tests only.
 
 quant/nvfp4.py is the fast path (bit tricks, whole-tensor ops). This module writes the same
-algorithm (../shared/NVFP4.md s2-3) the way the specification reads, one block and one element
+algorithm (docs/nvfp4.md s2-3) the way the specification reads, one block and one element
 at a time, so that a test comparing the two on many shapes checks the fast path's tricks:
 
 - every fp32 operation is done on Python floats (doubles) and rounded to fp32 by `fl`; for one
@@ -278,7 +278,7 @@ def quantize_reference(
     e4m3_max: int = 448,
     row_scaled: bool = False,
 ) -> ReferenceResult:
-    """Quantize a 2-D tensor block by block, element by element (NVFP4.md s2, steps 1-7).
+    """Quantize a 2-D tensor block by block, element by element (docs/nvfp4.md s2, steps 1-7).
 
     Round-to-nearest-even, or stochastic rounding when `uniforms` (one U[0, 1) draw per
     element, x's shape) is given. rht=True rotates first (`rht_reference`). The TE 2.20 options

@@ -4,7 +4,7 @@ Input is the tidy runs table of `sweep.runs` (one row per trial: tags as columns
 columns, `status`). Everything here is pure pandas/numpy/scipy on that table, so the analysis can be
 re-run offline from a snapshot and tested on small hand-made tables.
 
-The protocol (PAPER.md, "Evaluation and analysis"):
+The protocol (docs/study.md, "Evaluation and analysis"):
 
 - Which runs count. Only FINISHED runs with a value of the chosen metric (test AUPRC by default).
   Failed, killed, running and missing trials are *listed* (`completeness`), never filled in: a

@@ -2,7 +2,7 @@
 
 The built-in registry, plus with `--spec` the recipes that sweep spec declares (`source` says
 which). JSON rows: `{"name", "paper_id", "display_name", "description", "source", "fprop",
-"dgrad", "wgrad", "operands"}` where fprop/dgrad/wgrad are the NVFP4.md section 5 notation
+"dgrad", "wgrad", "operands"}` where fprop/dgrad/wgrad are the docs/nvfp4.md section 5 notation
 (e.g. "Q(dY)+SR, Q2(W)", "Q2(W)+4/6" for 4over6, "+RS" row-scaled) and `operands` holds the raw
 per-slot settings (`quant.recipes.Recipe.to_dict`), so the output is enough to rebuild every
 recipe: the same definition a trial's config carries and MLflow logs.

@@ -1,6 +1,6 @@
 """A sweep's runs, read from MLflow into one tidy table, and saved as a snapshot.
 
-The MLflow layout (DESIGN.md, "MLflow"): experiment = sweep name; one parent run tagged
+The MLflow layout (docs/design.md, "MLflow"): experiment = sweep name; one parent run tagged
 `sweep_parent=true`; one child run per trial with flat tags (sweep, trial_key, arch, scale, recipe,
 recipe_id, seed, fold, split_seed, config_hash, git_sha) and final metrics (test_auprc, val_auprc,
 ...). The table has one row per trial: the tag columns, `run_id`, `status`, `start_time`,

@@ -1,7 +1,7 @@
 """The paper's augmentation, made reproducible: every sample's randomness is a function of
 (seed, epoch, index) and of nothing else.
 
-The pipeline (albumentations 2.0.8, exactly as PAPER.md "Data"):
+The pipeline (albumentations 2.0.8, exactly as docs/study.md "Data"):
 
     train: Resize(size) -> HorizontalFlip(0.5) -> VerticalFlip(0.5)
            -> RandomBrightnessContrast(+-0.2, +-0.2, p=0.3)
@@ -52,7 +52,7 @@ def _resize(size: int) -> A.Resize:
 
 
 def train_pipeline(size: int) -> A.Compose:
-    """The training augmentation of PAPER.md, ending in ImageNet normalization."""
+    """The training augmentation of docs/study.md, ending in ImageNet normalization."""
     return A.Compose(
         [
             _resize(size),

@@ -33,8 +33,8 @@ included: a sampler thread reads psutil/NVML counters and never touches the mode
 any random stream), and `test_hooks` (failure injection for the restore tests; never set it in a
 real sweep).
 
-Protocol defaults are the paper's (PAPER.md, "Training"); optimizer, lr and weight decay default
-per arch from `ARCH_DEFAULTS` and can be overridden. Errors name the field:
+Protocol defaults are the paper's (docs/study.md, "Training"); optimizer, lr and weight decay
+default per arch from `ARCH_DEFAULTS` and can be overridden. Errors name the field:
 
     >>> TrialConfig(arch="cnn", scale="tiny", recipe="baseline", seed=0, lr=-1, synthetic={})
     ConfigError: invalid trial config
@@ -63,7 +63,7 @@ from pydantic import (
 ARCHS = ("cnn", "vit_adamw", "vit_adamax", "swin")
 
 
-# Per sweep arch: (optimizer, lr, weight decay, model arch). PAPER.md "Training".
+# Per sweep arch: (optimizer, lr, weight decay, model arch). docs/study.md "Training".
 ARCH_DEFAULTS: dict[str, tuple[str, float, float, str]] = {
     "cnn": ("adamax", 5e-4, 0.0, "cnn"),
     "vit_adamw": ("adamw", 1e-4, 1e-4, "vit"),
@@ -145,7 +145,7 @@ class TrialConfig(_Frozen):
     image_size: int = Field(256, ge=16)
     augment: bool = True
 
-    # -- the protocol (PAPER.md "Training"); optimizer/lr/weight_decay default per arch
+    # -- the protocol (docs/study.md "Training"); optimizer/lr/weight_decay default per arch
     epochs: int = Field(100, ge=1)
     batch_size: int = Field(32, ge=1)
     optimizer: Literal["adamw", "adamax"]

@@ -3,7 +3,7 @@
     run = TrainingRun(config, checkpoint_dir=..., data_root=...)   # build, or restore
     result = run.fit()                                             # epochs, then final evaluation
 
-Protocol (PAPER.md "Training", its defects not repeated):
+Protocol (docs/study.md "Training", its defects not repeated):
 - Identical initial weights for every recipe of one (arch, scale, seed): seed torch with the seed,
   build the model, *then* `quant.prepare(model, recipe)`, which swaps layers but shares the very
   Parameters, so the weights cannot depend on the recipe. Then re-seed (torch, numpy, python) from

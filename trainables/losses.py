@@ -1,4 +1,4 @@
-"""The training loss: BCE + Tversky, weights 1:1 (PAPER.md "Training").
+"""The training loss: BCE + Tversky, weights 1:1 (docs/study.md "Training").
 
 For logits z (B x 1 x H x W) and a mask y in {0, 1}:
 

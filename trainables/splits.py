@@ -4,8 +4,8 @@ Slices of one patient are strongly correlated, so every split is over patients: 
 has slices in two of train/val/test. Patients also differ a lot in how many of their slices show
 tumour, so the splits are stratified by that fraction, cut into tertiles (low/mid/high).
 
-- holdout (PAPER.md): 80% of the patients train; the other 20% are halved, stratified again, into
-  validation and test. On LGG's 110 patients that is exactly 88/11/11.
+- holdout (docs/study.md): 80% of the patients train; the other 20% are halved, stratified again,
+  into validation and test. On LGG's 110 patients that is exactly 88/11/11.
 - kfold: 5 stratified folds over patients (`StratifiedKFold(shuffle=True)`); fold k holds out the
   k-th fold and halves it into validation and test with seed `split_seed + k`, so across the k
   folds every patient is tested exactly once or validated exactly once.

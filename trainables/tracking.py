@@ -1,6 +1,6 @@
 """MLflow tracking for one trial: one run per trial, resumed not duplicated, tolerant of outages.
 
-The layout in MLflow (DESIGN.md, "MLflow"): an experiment per sweep, one parent run per sweep
+The layout in MLflow (docs/design.md, "MLflow"): an experiment per sweep, one parent run per sweep
 (tag ``sweep_parent=true``) and one child run per trial, named by its ``trial_key`` and tagged with
 it. Everything here talks to MLflow through ``MlflowClient`` with explicit run ids, never through
 ``mlflow.start_run``'s global active run, so several trials in one process never collide. (Ray's

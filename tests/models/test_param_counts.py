@@ -1,6 +1,6 @@
 """Parameter counts of every registry entry, pinned like a golden table.
 
-The 500k / 4m / 15m counts are the paper's (PAPER.md, "Models"): a faithful build of the
+The 500k / 4m / 15m counts are the paper's (docs/study.md, "Models"): a faithful build of the
 architecture it describes hits them exactly. Models are built on the meta device (shapes only),
 so the 15m presets cost nothing here.
 """

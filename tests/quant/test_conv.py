@@ -1,6 +1,6 @@
 """Quantized Conv2d / ConvTranspose2d against "unfold -> quantized Linear GEMMs -> fold".
 
-The reference builds the explicit implicit-GEMM view of NVFP4.md section 4 on small inputs: the
+The reference builds the explicit implicit-GEMM view of docs/nvfp4.md section 4 on small inputs: the
 channels-last im2col A (tokens x K, K ordered (kh, kw, cin)) and the weight matrix, runs them
 through quant.functional.linear (whose GEMMs test_functional.py checks) and folds back; torch's
 autograd through unfold/fold then gives the reference gradients. The fast path never builds A.

@@ -79,7 +79,7 @@ def test_fake_quantize_is_decode_blocks_without_codes(golden, case, tag):
 
 def test_decode_blocks_times_tensor_scale_is_close_to_dequantize(golden):
     # decode_blocks() is value * s; the tensor-level factor a/2688 turns it into x_hat (up to
-    # the order of the fp32 roundings, NVFP4.md s2.7 vs s4).
+    # the order of the fp32 roundings, docs/nvfp4.md s2.7 vs s4).
     x = _t(golden["randn_128x256__input"])
     q = nvfp4.quantize(x)
     approx, exact = q.decode_blocks() * q.global_scale, q.dequantize()
@@ -89,7 +89,7 @@ def test_decode_blocks_times_tensor_scale_is_close_to_dequantize(golden):
 
 # (tensor amax a, block amax b, E4M3 scale by TE >= 2.14's fl(b * fl(S_enc * fl(1/6))), by
 # TE <= 2.13's fl(fl(b / 6) * S_enc)): bf16 pairs where the order lands on opposite sides of an
-# E4M3 rounding tie (NVFP4.md s2.3). The golden cases contain none, so this pins the order.
+# E4M3 rounding tie (docs/nvfp4.md s2.3). The golden cases contain none, so this pins the order.
 FOLDED_SIXTH = [
     (0.5703125, 0.427734375, 352.0, 320.0),
     (0.02294921875, 0.00860595703125, 176.0, 160.0),

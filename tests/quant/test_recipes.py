@@ -1,4 +1,4 @@
-"""The recipe registry: NVFP4.md section 5 as data, validation, a ninth recipe, the CLI."""
+"""The recipe registry: docs/nvfp4.md section 5 as data, validation, a ninth recipe, the CLI."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from quant.recipes import (
 )
 from sweep.cli import main as sweep_main
 
-# NVFP4.md section 5, GEMM by GEMM, in the table's own notation.
+# docs/nvfp4.md section 5, GEMM by GEMM, in the table's own notation.
 TABLE = {
     "baseline": (0, "HP X, HP W", "HP dY, HP W", "HP dY, HP X"),
     "nvfp4": (1, "Q(X), Q(W)", "Q(dY), Q(W)", "Q(dY), Q(X)"),

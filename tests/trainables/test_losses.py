@@ -1,4 +1,4 @@
-"""BCE + Tversky against values worked out by hand (PAPER.md "Training")."""
+"""BCE + Tversky against values worked out by hand (docs/study.md "Training")."""
 
 import math
 
