@@ -35,6 +35,7 @@ from types import ModuleType
 
 import torch
 
+from bench.bench_quantize import interleaved_medians
 from quant import nvfp4
 
 FOUR_OVER_SIX = [
@@ -103,25 +104,11 @@ def _ab(x: torch.Tensor, old: ModuleType, rounds: int, sync: Callable) -> dict[s
     return out
 
 
-def _interleaved_medians(runs: dict[str, Callable], rounds: int, sync: Callable) -> dict:
-    samples: dict[str, list[float]] = {name: [] for name in runs}
-    for fn in runs.values():  # warm-up: allocator, lazy constants
-        fn()
-    for _ in range(rounds):
-        for name, fn in runs.items():
-            sync()
-            start = time.perf_counter()
-            fn()
-            sync()
-            samples[name].append(time.perf_counter() - start)
-    return {name: statistics.median(times) * 1e3 for name, times in samples.items()}
-
-
 def _report(device: str, size: int, rounds: int, against: str | None) -> None:
     x = torch.randn(size, size, device=device, generator=None)
     old = _module_at(against) if against else None
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    ms = _interleaved_medians(_runs(x), rounds, sync)
+    ms = interleaved_medians(_runs(x), rounds, sync)
     print(f"\n{device}: fake_quantize of a {size}x{size} fp32 tensor, median of {rounds} rounds")
     print(f"{'variant':<24}{'ms':>10}{'x plain':>10}")
     for name, value in ms.items():

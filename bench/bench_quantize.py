@@ -66,7 +66,7 @@ def _candidates(x: torch.Tensor) -> dict[str, Callable[[], object]]:
     return runs
 
 
-def _interleaved_medians(runs: dict[str, Callable], rounds: int, sync: Callable) -> dict:
+def interleaved_medians(runs: dict[str, Callable], rounds: int, sync: Callable) -> dict:
     samples: dict[str, list[float]] = {name: [] for name in runs}
     for fn in runs.values():  # warm-up: allocator, lazy constants, torchao import paths
         fn()
@@ -93,7 +93,7 @@ def _report(title: str, medians: dict[str, float]) -> None:
 def bench(device: str, size: int, rounds: int) -> dict[str, float]:
     x = torch.randn(size, size, generator=torch.Generator().manual_seed(0)).to(device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    medians = _interleaved_medians(_candidates(x), rounds, sync)
+    medians = interleaved_medians(_candidates(x), rounds, sync)
     threads = f"{torch.get_num_threads()} torch threads" if device == "cpu" else "CUDA"
     _report(f"{size}x{size} fp32 on {device} ({threads}), median of {rounds} rounds", medians)
     return medians

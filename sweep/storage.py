@@ -11,25 +11,12 @@ storage_path, so a sweep on MinIO (s3:// plus an endpoint) works like one on loc
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from trainables.files import atomic_write
-
-
-def filesystem_for(uri: str, endpoint: str | None = None) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path inside it) for a folder path or an s3:// URI."""
-    if uri.startswith("s3://"):
-        # pyarrow's S3FileSystem() ignores AWS_ENDPOINT_URL (only from_uri reads it): pass it on.
-        endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL")
-        kwargs = {"endpoint_override": endpoint} if endpoint else {}
-        return pafs.S3FileSystem(**kwargs), uri.removeprefix("s3://").rstrip("/")
-    if "://" in uri:
-        return pafs.FileSystem.from_uri(uri)
-    return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+from trainables.files import atomic_write, filesystem_for
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,15 @@
-"""Atomic file writes, without torch: shared by checkpoints and the sweep's storage."""
+"""File helpers without torch, shared by checkpoints, the tracking outbox and the sweep's storage:
+atomic writes, and the pyarrow filesystem behind a folder path or an s3:// URI."""
 
 from __future__ import annotations
 
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pyarrow.fs as pafs
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -29,3 +34,17 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def filesystem_for(uri: str, endpoint: str | None = None) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path inside it) for a folder path or an s3:// URI."""
+    import pyarrow.fs as pafs  # here, so that checkpoint writers do not pay for it
+
+    if uri.startswith("s3://"):
+        # pyarrow's S3FileSystem() ignores AWS_ENDPOINT_URL (only from_uri reads it): pass it on.
+        endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL")
+        kwargs = {"endpoint_override": endpoint} if endpoint else {}
+        return pafs.S3FileSystem(**kwargs), uri.removeprefix("s3://").rstrip("/")
+    if "://" in uri:
+        return pafs.FileSystem.from_uri(uri)
+    return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from trainables.files import atomic_write
+from trainables.files import atomic_write, filesystem_for
 
 # trainables.tracking (hence mlflow, seconds to import) is imported only to deliver or keep
 # records: `sweep status` reads the outbox without it.
@@ -44,17 +43,6 @@ logger = logging.getLogger(__name__)
 
 OUTBOX_DIR = "tracking_outbox"
 ENTRY_FILE = "entry.json"
-
-
-def filesystem(uri: str, endpoint: str | None = None) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path inside it) of a folder path or an s3:// URI (as sweep.storage)."""
-    if uri.startswith("s3://"):
-        endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL")
-        kwargs = {"endpoint_override": endpoint} if endpoint else {}
-        return pafs.S3FileSystem(**kwargs), uri.removeprefix("s3://").rstrip("/")
-    if "://" in uri:
-        return pafs.FileSystem.from_uri(uri)
-    return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
 
 
 @dataclass(frozen=True)
@@ -67,7 +55,7 @@ class Outbox:
 
     @classmethod
     def at(cls, uri: str, endpoint: str | None = None) -> Outbox:
-        fs, root = filesystem(uri, endpoint)
+        fs, root = filesystem_for(uri, endpoint)
         return cls(fs, root, uri)
 
     # ---- writing (the trial)
