@@ -1,10 +1,11 @@
 # The README's commands. `make test` and `make demo` work on a fresh clone: they create .venv first.
+# Only the test targets turn Ray's token auth off (tests/conftest.py does too); `make demo` runs
+# the embedded Ray with Ray's default, token auth on.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 # Without CUDA, pin the CPU build of torch so pip never downloads a multi-GB CUDA wheel.
 CONSTRAINTS := $(if $(shell command -v nvidia-smi 2>/dev/null),,-c constraints/cpu.txt)
-export RAY_AUTH_MODE ?= disabled
 export NO_ALBUMENTATIONS_UPDATE := 1
 export PYTHONUNBUFFERED := 1
 
@@ -19,10 +20,10 @@ $(VENV)/.installed: pyproject.toml constraints/cpu.txt
 	touch $@
 
 test: install
-	$(PY) -m pytest -q -p no:cacheprovider
+	RAY_AUTH_MODE=disabled $(PY) -m pytest -q -p no:cacheprovider
 
 test-fast: install
-	$(PY) -m pytest -q -m "not slow and not e2e"
+	RAY_AUTH_MODE=disabled $(PY) -m pytest -q -m "not slow and not e2e"
 
 lint: install
 	$(VENV)/bin/ruff check .
