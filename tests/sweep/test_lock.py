@@ -134,7 +134,8 @@ def test_object_store_lock_admits_one_of_concurrent_takers(tmp_path):
     def take():
         barrier.wait()
         with contextlib.suppress(LockHeld):
-            won.append(acquire(store, settle=0.3))
+            # The product's settle time: two winners need a taker stalled longer than it.
+            won.append(acquire(store, settle=2.0))
 
     threads = [threading.Thread(target=take) for _ in range(4)]
     for t in threads:
