@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml constraints/cpu.txt
 	touch $@
 
 test: install
-	RAY_AUTH_MODE=disabled $(PY) -m pytest -q -p no:cacheprovider
+	RAY_AUTH_MODE=disabled $(PY) -m pytest -q -p no:cacheprovider --durations=15
 
 test-fast: install
 	RAY_AUTH_MODE=disabled $(PY) -m pytest -q -m "not slow and not e2e"
