@@ -162,7 +162,9 @@ def test_driver_sigkill_then_resume_finishes_every_trial_exactly_once(tmp_path):
         tmp_path,
         "killed",
         grid={"recipe": ["baseline", "2d_rht_sr"]},
-        protocol={"epochs": 6, "early_stop_warmup": 6},
+        # Each epoch lasts at least 1 s (a result-neutral test hook): on a quiet machine the tiny
+        # trial otherwise runs its six epochs between two polls and the kill lands too late.
+        protocol={"epochs": 6, "early_stop_warmup": 6, "test_hooks": {"epoch_delay_s": 1.0}},
         resources={"cpus_per_trial": 1, "max_concurrent": 1},
     )
     path = _write(tmp_path, spec)
