@@ -65,19 +65,26 @@ def test_a_second_driver_is_refused_naming_the_first_and_takes_over_once_it_is_k
     assert not (tmp_path / "s" / LOCK_FILE).exists()  # released: the file is gone
 
 
-def test_local_lock_admits_one_of_many_concurrent_takers(tmp_path):
-    store, won, barrier = _local(tmp_path), [], threading.Barrier(8)
+def _race(takers: int, take_lock) -> list:
+    """Start `takers` threads at once, each calling `take_lock()`; the locks they won."""
+    won, barrier = [], threading.Barrier(takers)
 
     def take():
         barrier.wait()
         with contextlib.suppress(LockHeld):
-            won.append(acquire(store))
+            won.append(take_lock())
 
-    threads = [threading.Thread(target=take) for _ in range(8)]
+    threads = [threading.Thread(target=take) for _ in range(takers)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    return won
+
+
+def test_local_lock_admits_one_of_many_concurrent_takers(tmp_path):
+    store = _local(tmp_path)
+    won = _race(8, lambda: acquire(store))
     assert len(won) == 1
     won[0].release()
 
@@ -129,19 +136,9 @@ def test_object_store_lock_taken_over_at_once_from_a_dead_pid_on_this_host(tmp_p
 
 
 def test_object_store_lock_admits_one_of_concurrent_takers(tmp_path):
-    store, won, barrier = _object_store(tmp_path), [], threading.Barrier(4)
-
-    def take():
-        barrier.wait()
-        with contextlib.suppress(LockHeld):
-            # The product's settle time: two winners need a taker stalled longer than it.
-            won.append(acquire(store, settle=2.0))
-
-    threads = [threading.Thread(target=take) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    store = _object_store(tmp_path)
+    # The product's settle time: two winners need a taker stalled longer than it.
+    won = _race(4, lambda: acquire(store, settle=2.0))
     assert len(won) == 1
     won[0].release()
 
