@@ -27,10 +27,10 @@ from urllib.parse import quote, urlencode
 
 from sweep.plan import Plan
 from sweep.spec import SweepSpec
+from trainables import mlflow_schema as schema
 
 TRIALS_VIEW_KEY = "sweep-trials"
 SHARED_VIEW_TAG = "mlflow.sharedViewState."
-ANALYSIS_DIR = "analysis"
 ANALYSIS_MARK = "- **Analysis**:"  # the notes end with this part; refresh_analysis replaces it
 TRIALS_VIEW = {
     "groupBy": {
@@ -117,9 +117,8 @@ def sweep_note(
         f"- **Protocol**: {_protocol_words(spec)}",
         f"- **Storage**: `{storage}` (checkpoints, ledger, Ray Tune state)",
         f"- **Spec**: `{storage.rstrip('/')}/spec.yaml`, also "
-        f"[spec.yaml]({run_page_path(experiment_id, parent_run_id, 'spec.yaml')}) and "
-        f"[plan.json]({run_page_path(experiment_id, parent_run_id, 'plan.json')}) "
-        "on the parent run",
+        f"{_artifact_link(experiment_id, parent_run_id, schema.SPEC_ARTIFACT)} and "
+        f"{_artifact_link(experiment_id, parent_run_id, schema.PLAN_ARTIFACT)} on the parent run",
         *_analysis_lines(spec, experiment_id, parent_run_id, list(figures), inline_figures),
     ]
     return "\n".join(lines) + "\n"
@@ -135,23 +134,29 @@ def analysis_lines(
     name: str, experiment_id: str, run_id: str, figures: list[str], inline: bool
 ) -> list[str]:
     """The note's last part: where the report and figures are (the figures shown if ``inline``)."""
-    report = run_page_path(experiment_id, run_id, f"{ANALYSIS_DIR}/report.md")
     if not figures:
         return [
             f"{ANALYSIS_MARK} not logged yet; `sweep analyze {name}` (or `analyze: true` in "
-            f"the spec) logs the report and figures under `{ANALYSIS_DIR}/` of the parent run"
+            f"the spec) logs the report and figures under `{schema.ANALYSIS_ARTIFACT}/` of the "
+            "parent run"
         ]
-    lines = [f"{ANALYSIS_MARK} [report.md]({report}) and figures on the parent run:"]
-    for path in figures:
-        lines.append(
-            f"  - [{path.rsplit('/', 1)[-1]}]({run_page_path(experiment_id, run_id, path)})"
-        )
+    report = f"{schema.ANALYSIS_ARTIFACT}/{schema.REPORT_ARTIFACT}"
+    lines = [
+        f"{ANALYSIS_MARK} {_artifact_link(experiment_id, run_id, report)} and figures on the "
+        "parent run:"
+    ]
+    lines += [f"  - {_artifact_link(experiment_id, run_id, path)}" for path in figures]
     if inline:
         lines.append("")
         for path in figures:
             source = "get-artifact?" + urlencode({"path": path, "run_uuid": run_id})
             lines += [f"![{path.rsplit('/', 1)[-1]}]({source})", ""]
     return lines
+
+
+def _artifact_link(experiment_id: str, run_id: str, path: str) -> str:
+    """A Markdown link to the run's artifact ``path``, named by its file name."""
+    return f"[{path.rsplit('/', 1)[-1]}]({run_page_path(experiment_id, run_id, path)})"
 
 
 def _data_words(spec: SweepSpec) -> str:
@@ -196,7 +201,7 @@ def describe_sweep(
     listed are the PNGs the parent run holds under ``analysis/figures`` right now."""
     from mlflow.tracking import MlflowClient
 
-    from trainables.tracking import set_experiment_note, set_run_note
+    from trainables.mlflow_store import set_experiment_note, set_run_note
 
     client = MlflowClient(tracking_uri)
     experiment_id = client.get_run(parent_run_id).info.experiment_id
@@ -219,17 +224,17 @@ def refresh_analysis(tracking_uri: str, name: str, parent_run_id: str) -> None:
     rest, written by the sweep, stays). Notes the sweep never wrote are left alone."""
     from mlflow.tracking import MlflowClient
 
-    from trainables.tracking import NOTE_TAG, set_experiment_note, set_run_note
+    from trainables.mlflow_store import set_experiment_note, set_run_note
 
     client = MlflowClient(tracking_uri)
     run = client.get_run(parent_run_id)
     experiment_id = run.info.experiment_id
     figures = analysis_figures(client, parent_run_id)
-    old = client.get_experiment(experiment_id).tags.get(NOTE_TAG, "")
+    old = client.get_experiment(experiment_id).tags.get(schema.NOTE_TAG, "")
     if ANALYSIS_MARK in old:
         lines = analysis_lines(name, experiment_id, parent_run_id, figures, inline=False)
         set_experiment_note(client, experiment_id, _replace_analysis(old, lines))
-    old = run.data.tags.get(NOTE_TAG, "")
+    old = run.data.tags.get(schema.NOTE_TAG, "")
     if ANALYSIS_MARK in old:
         lines = analysis_lines(name, experiment_id, parent_run_id, figures, inline=True)
         set_run_note(client, parent_run_id, _replace_analysis(old, lines))
@@ -242,7 +247,9 @@ def _replace_analysis(note: str, lines: list[str]) -> str:
 def analysis_figures(client, run_id: str) -> list[str]:
     """Artifact paths of the PNG figures under ``analysis/figures`` of the run (sorted)."""
     try:
-        listed = client.list_artifacts(run_id, f"{ANALYSIS_DIR}/figures")
+        listed = client.list_artifacts(
+            run_id, f"{schema.ANALYSIS_ARTIFACT}/{schema.FIGURES_ARTIFACT}"
+        )
     except Exception:  # no such folder yet (stores differ in how they say so)
         return []
     return sorted(f.path for f in listed if not f.is_dir and f.path.endswith(".png"))

@@ -3,7 +3,9 @@
 The report is written for a researcher reading it next to the paper: completeness first (what is
 missing and why, so no mean is read without knowing its n), then the per-cell summaries, the paired
 tests, rank stability, the Swin-vs-CNN comparison, the discretization diagnostics and the figures.
-Every table of the report is also a CSV beside it, with full precision.
+Every table of the report is also a CSV beside it, with full precision. The folder is logged as
+it is to the sweep's parent run, under the names of trainables.mlflow_schema (``analysis/``,
+``report.md``), which the sweep's descriptions link to (sweep.notes).
 """
 
 from __future__ import annotations
@@ -20,10 +22,9 @@ from sweep.analysis import (
     SPIKINESS_THRESHOLD,
     Analysis,
 )
+from trainables import mlflow_schema as schema
 
-REPORT = "report.md"
 MAX_LISTED = 200  # longer listings are cut in the Markdown; the CSVs hold everything
-ARTIFACT_PATH = "analysis"
 
 
 # --------------------------------------------------------------------------- Markdown helpers
@@ -236,7 +237,7 @@ def write_report(
         _diagnostics(analysis),
         _figures(figures, out_dir),
     ]
-    path = out_dir / REPORT
+    path = out_dir / schema.REPORT_ARTIFACT
     path.write_text("\n".join(sections))
     return path
 
@@ -245,7 +246,10 @@ def write_report(
 
 
 def log_to_parent(
-    tracking_uri: str, parent_run_id: str, out_dir: Path, artifact_path: str = ARTIFACT_PATH
+    tracking_uri: str,
+    parent_run_id: str,
+    out_dir: Path,
+    artifact_path: str = schema.ANALYSIS_ARTIFACT,
 ) -> None:
     """Log the whole analysis folder as artifacts of the sweep's parent run."""
     from mlflow.tracking import MlflowClient

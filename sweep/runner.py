@@ -158,37 +158,20 @@ def _node_shapes() -> list[dict[str, float]]:
 
 
 def _start_parent_run(uri: str, spec: SweepSpec, plan: Plan) -> str | None:
+    """The sweep's parent run (trainables.mlflow_store), with its spec, plan and versions."""
     import sweep
-    from trainables.tracking import start_sweep_run
+    from trainables import mlflow_schema as schema
+    from trainables.mlflow_store import log_sweep_plan, start_sweep_run
 
     tags = {
-        "sweep": spec.name,
-        "git_sha": _git_sha() or "unknown",
+        schema.SWEEP_TAG: spec.name,
+        "git_sha": schema.short_sha(_git_sha()),  # as the trials' tag: comparable by equality
         "package_version": sweep.__version__,
     }
     params = {"trials": len(plan.trials), "storage": spec.resolved_storage()}
     run_id = start_sweep_run(uri, spec.name, tags=tags, params=params)
-    _log_parent_artifacts(uri, run_id, spec, plan)
+    log_sweep_plan(uri, run_id, plan=plan.to_rows(), spec_yaml=spec_to_yaml(spec))
     return run_id
-
-
-def _log_parent_artifacts(uri: str, run_id: str, spec: SweepSpec, plan: Plan) -> None:
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(uri)
-    client.log_text(run_id, spec_to_yaml(spec), "spec.yaml")
-    client.log_text(run_id, json.dumps(plan.to_rows(), indent=1), "plan.json")
-    client.log_text(run_id, json.dumps(_package_versions(), indent=1), "versions.json")
-
-
-def _package_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in ("nvfp4-sweep", "torch", "ray", "mlflow", "albumentations", "optuna", "numpy"):
-        with contextlib.suppress(PackageNotFoundError):  # report what is installed
-            out[name] = version(name)
-    return out
 
 
 def _git_sha() -> str | None:
@@ -279,7 +262,7 @@ def _run_config(spec: SweepSpec, store: SweepStore, experiment: str, keys: list[
 
     from sweep.outage import TrackingOutageCallback
     from sweep.progress import LedgerCallback, ProgressCallback, StopCallback
-    from trainables.tracking import resolve_tracking_uri
+    from trainables.mlflow_store import resolve_tracking_uri
 
     fs, path = filesystem_for(store.tune_uri, spec.storage_endpoint)
     storage_path = store.tune_uri if store.is_local else path
@@ -502,7 +485,7 @@ def _stop_on_lost_lock(other) -> None:
 
 
 def _tracking_uri(spec: SweepSpec) -> str:
-    from trainables.tracking import resolve_tracking_uri
+    from trainables.mlflow_store import resolve_tracking_uri
 
     try:
         uri = resolve_tracking_uri(spec.tracking_uri)
@@ -604,7 +587,7 @@ def _run_trials(
     _print_sync(spec.name, sync_outbox(store))  # trials that ended during an outage
     _finish_parent_run(store, tracking_uri, parent_run_id, ok=outcome.ok)
     if spec.analyze:
-        from sweep.analyze_cli import analyze
+        from sweep.analyze import analyze
 
         outcome.report = str(analyze(spec.name, tracking_uri=tracking_uri).report)
     _describe(spec, plan, store, tracking_uri, parent_run_id, outcome)
@@ -645,14 +628,16 @@ def _describe(spec, plan, store, uri: str, run_id: str, outcome: SweepOutcome | 
 def _finish_parent_run(
     store: SweepStore, uri: str, run_id: str | None, *, ok: bool, status: str | None = None
 ) -> None:
+    """The parent run's terminal status (trainables.mlflow_store.end_sweep_run); with MLflow
+    unreachable, kept in the sweep's outbox for the next `sweep run`, `status` or `sync`."""
     if run_id is None:
         return
-    from mlflow.tracking import MlflowClient
+    from trainables.mlflow_store import end_sweep_run
 
     status = status or ("FINISHED" if ok else "FAILED")
     try:
         with short_http_retries():
-            MlflowClient(uri).set_terminated(run_id, status=status)
+            end_sweep_run(uri, run_id, status)
     except Exception as exc:  # MLflow unreachable: the status waits in the outbox
         where = keep_parent_status(store, uri, run_id, status)
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]

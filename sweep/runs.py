@@ -1,18 +1,19 @@
 """A sweep's runs, read from MLflow into one tidy table, and saved as a snapshot.
 
-The MLflow layout (docs/design.md, "MLflow"): experiment = sweep name; one parent run tagged
-`sweep_parent=true`; one child run per trial with flat tags (sweep, trial_key, arch, scale, recipe,
-recipe_id, seed, fold, split_seed, config_hash, git_sha) and final metrics (test_auprc, val_auprc,
-...). The table has one row per trial: the tag columns, `run_id`, `status`, `start_time`,
-`end_time`, `artifact_uri`, `n_runs` (how many MLflow runs carried that trial_key; the kept one is
-the finished one, else the latest), `hist_spikiness` computed from the run's `pred_hist.json`
-artifact (`trainables.histogram.histogram_spikiness`; NaN without one), then one column per metric
-(its latest value: final metrics must be logged at a step after the last epoch's).
+The MLflow layout (docs/design.md, "MLflow"; names in trainables.mlflow_schema): experiment =
+sweep name; one parent run tagged `sweep_parent=true`; one child run per trial with flat tags
+(`TRIAL_TAGS`: sweep, trial_key, arch, scale, recipe, recipe_id, seed, fold, split_seed,
+config_hash, git_sha) and final metrics (test_auprc, val_auprc, ...). The table has one row per
+trial: the tag columns, `run_id`, `status`, `start_time`, `end_time`, `artifact_uri`, `n_runs`
+(how many MLflow runs carried that trial_key; the kept one is the finished one, else the latest),
+`hist_spikiness` computed from the run's `pred_hist.json` artifact
+(`trainables.histogram.histogram_spikiness`; NaN without one), then one column per metric (its
+latest value: final metrics must be logged at a step after the last epoch's).
 
-Speed: runs come from `search_runs` in pages of thousands (one SQL query per page, not one call per
-run); artifacts are read only for the prediction histograms of finished runs and for the few runs
-Fig 5 draws, straight from disk when the artifact store is local and through a thread pool
-otherwise.
+Speed: runs come from `search_runs` in pages of thousands (`mlflow_schema.search_all`: one SQL
+query per page, not one call per run); artifacts are read only for the prediction histograms of
+finished runs and for the few runs Fig 5 draws, straight from disk when the artifact store is
+local and through a thread pool otherwise.
 
 A snapshot (`save_snapshot`) is runs.parquet + runs.csv + snapshot.json (sweep name, parent run,
 the planned grid and the Fig 5 curves), enough to redo the analysis offline (`load_snapshot`).
@@ -32,32 +33,18 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 import pandas as pd
 
+from trainables import mlflow_schema as schema
 from trainables.histogram import histogram_spikiness
 
 log = logging.getLogger(__name__)
 
-TAG_COLUMNS = (
-    "sweep",
-    "trial_key",
-    "arch",
-    "scale",
-    "recipe",
-    "recipe_id",
-    "seed",
-    "fold",
-    "split_seed",
-    "config_hash",
-    "git_sha",
-)
 INFO_COLUMNS = ("run_id", "status", "start_time", "end_time", "artifact_uri")
 INTEGER_TAGS = ("recipe_id", "seed", "split_seed")
 STRING_COLUMNS = tuple(
-    c for c in (*TAG_COLUMNS, *INFO_COLUMNS) if c not in (*INTEGER_TAGS, "start_time", "end_time")
+    c
+    for c in (*schema.TRIAL_TAGS, *INFO_COLUMNS)
+    if c not in (*INTEGER_TAGS, "start_time", "end_time")
 )
-PAGE_SIZE = 5000
-PLAN_ARTIFACT = "plan.json"
-PR_CURVE_ARTIFACT = "pr_curve.json"
-HISTOGRAM_ARTIFACT = "pred_hist.json"
 SNAPSHOT_META = "snapshot.json"
 _STATUS_PREFERENCE = {"FINISHED": 0, "RUNNING": 1, "SCHEDULED": 1, "KILLED": 2, "FAILED": 3}
 
@@ -95,23 +82,8 @@ def _client(tracking_uri: str):
     return MlflowClient(tracking_uri)
 
 
-def search_all(
-    client, experiment_ids: list[str], filter_string: str = "", page_size: int = PAGE_SIZE
-) -> list:
-    """Every run matching `filter_string`, following page tokens."""
-    runs, token = [], None
-    while True:
-        page = client.search_runs(
-            experiment_ids, filter_string, max_results=page_size, page_token=token
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
 def read_sweep(
-    tracking_uri: str, name: str, *, page_size: int = PAGE_SIZE, histograms: bool = True
+    tracking_uri: str, name: str, *, page_size: int = schema.PAGE_SIZE, histograms: bool = True
 ) -> SweepRuns:
     """The sweep's runs table (plus parent run and plan) from the MLflow store at `tracking_uri`.
 
@@ -122,12 +94,10 @@ def read_sweep(
     if experiment is None:
         existing = [e.name for e in client.search_experiments()]
         raise SweepNotFound(name, tracking_uri, existing)
-    quote = "'" if '"' in name else '"'
-    runs = search_all(
-        client, [experiment.experiment_id], f"tags.sweep = {quote}{name}{quote}", page_size
-    )
-    parents = [r for r in runs if r.data.tags.get("sweep_parent") == "true"]
-    children = [r for r in runs if r.data.tags.get("sweep_parent") != "true"]
+    sweep_filter = schema.tag_filter(schema.SWEEP_TAG, name)
+    runs = schema.search_all(client, [experiment.experiment_id], sweep_filter, page_size)
+    parents = [r for r in runs if r.data.tags.get(schema.PARENT_TAG) == schema.PARENT_VALUE]
+    children = [r for r in runs if r.data.tags.get(schema.PARENT_TAG) != schema.PARENT_VALUE]
     parent = max(parents, key=lambda r: r.info.start_time or 0, default=None)
     table = runs_table(children)
     if histograms:
@@ -135,7 +105,7 @@ def read_sweep(
     plan = None
     if parent is not None:
         plan = read_json_artifact(
-            client, parent.info.run_id, parent.info.artifact_uri, PLAN_ARTIFACT
+            client, parent.info.run_id, parent.info.artifact_uri, schema.PLAN_ARTIFACT
         )
         plan = validate_plan(plan) if plan is not None else None
     return SweepRuns(
@@ -148,10 +118,10 @@ def runs_table(runs: Iterable) -> pd.DataFrame:
     records, skipped = [], 0
     for run in runs:
         tags = run.data.tags
-        if "trial_key" not in tags:
+        if schema.TRIAL_KEY_TAG not in tags:
             skipped += 1
             continue
-        record = {c: tags.get(c) for c in TAG_COLUMNS}
+        record = {c: tags.get(c) for c in schema.TRIAL_TAGS}
         info = run.info
         record.update(
             run_id=info.run_id,
@@ -165,13 +135,15 @@ def runs_table(runs: Iterable) -> pd.DataFrame:
         records.append(record)
     if skipped:
         log.warning("ignored %d run(s) without a trial_key tag", skipped)
-    frame = pd.DataFrame.from_records(records) if records else pd.DataFrame(columns=TAG_COLUMNS)
+    frame = (
+        pd.DataFrame.from_records(records) if records else pd.DataFrame(columns=schema.TRIAL_TAGS)
+    )
     return tidy(_one_row_per_trial(frame))
 
 
 def tidy(table: pd.DataFrame) -> pd.DataFrame:
     """Fixed column order and types (also for an empty table)."""
-    for c in (*TAG_COLUMNS, *INFO_COLUMNS):
+    for c in (*schema.TRIAL_TAGS, *INFO_COLUMNS):
         if c not in table.columns:
             table[c] = pd.Series(dtype=object)
     if "n_runs" not in table.columns:
@@ -183,7 +155,7 @@ def tidy(table: pd.DataFrame) -> pd.DataFrame:
     for c in STRING_COLUMNS:  # one representation whether read live, from Parquet or from CSV
         table[c] = table[c].astype("str")
     table["hist_spikiness"] = table["hist_spikiness"].astype(float)
-    fixed = [*TAG_COLUMNS, *INFO_COLUMNS, "n_runs", "hist_spikiness"]
+    fixed = [*schema.TRIAL_TAGS, *INFO_COLUMNS, "n_runs", "hist_spikiness"]
     metrics = sorted(c for c in table.columns if c not in fixed)
     return table[fixed + metrics].reset_index(drop=True)
 
@@ -208,11 +180,13 @@ def validate_plan(plan: object) -> list[dict]:
     needed = {"trial_key", "arch", "scale", "recipe", "seed", "fold"}
     if not isinstance(plan, list) or not all(isinstance(p, dict) for p in plan):
         raise ValueError(
-            f"{PLAN_ARTIFACT} must be a JSON list of objects with keys {sorted(needed)}"
+            f"{schema.PLAN_ARTIFACT} must be a JSON list of objects with keys {sorted(needed)}"
         )
     for i, entry in enumerate(plan):
         if not needed <= entry.keys():
-            raise ValueError(f"{PLAN_ARTIFACT} entry {i} lacks {sorted(needed - entry.keys())}")
+            raise ValueError(
+                f"{schema.PLAN_ARTIFACT} entry {i} lacks {sorted(needed - entry.keys())}"
+            )
     return plan
 
 
@@ -263,7 +237,7 @@ def _histogram_counts(hist: object) -> list | None:
 def add_histogram_spikiness(client, table: pd.DataFrame) -> None:
     """Column `hist_spikiness` from each finished run's pred_hist.json (NaN where absent)."""
     finished = table[table["status"] == "FINISHED"]
-    hists = read_json_artifacts(client, finished, HISTOGRAM_ARTIFACT)
+    hists = read_json_artifacts(client, finished, schema.HISTOGRAM_ARTIFACT)
     scores = [
         histogram_spikiness(c) if (c := _histogram_counts(h)) is not None else np.nan for h in hists
     ]
@@ -277,8 +251,8 @@ def fetch_curves(sweep_runs: SweepRuns, trial_keys: Iterable[str]) -> None:
     if rows.empty or sweep_runs.tracking_uri is None:
         return
     client = _client(sweep_runs.tracking_uri)
-    pr = read_json_artifacts(client, rows, PR_CURVE_ARTIFACT)
-    hist = read_json_artifacts(client, rows, HISTOGRAM_ARTIFACT)
+    pr = read_json_artifacts(client, rows, schema.PR_CURVE_ARTIFACT)
+    hist = read_json_artifacts(client, rows, schema.HISTOGRAM_ARTIFACT)
     for key, p, h in zip(rows["trial_key"], pr, hist, strict=True):
         sweep_runs.curves[key] = {"pr_curve": p, "pred_hist": h}
 

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from sweep.storage import SweepStore
 
 PARENT_KEY = "_sweep_parent"  # the outbox entry of the parent run's status
+# Where delivering a journal logs from: the courier and the store helpers it calls.
+TRACKING_LOGGERS = ("trainables.journal", "trainables.mlflow_store")
 
 
 @dataclass
@@ -114,10 +116,10 @@ def keep_parent_status(store: SweepStore, tracking_uri: str, run_id: str, status
     import tempfile
     from pathlib import Path
 
-    from trainables.tracking import _Journal
+    from trainables.journal import Journal
 
     with tempfile.TemporaryDirectory(prefix="outbox-") as tmp:
-        journal = _Journal(Path(tmp))
+        journal = Journal(Path(tmp))
         journal.set_run(run_id)
         journal.append("status", status=status)
         return outbox_for(store).keep(Path(tmp), PARENT_KEY, tracking_uri)
@@ -127,7 +129,7 @@ def keep_parent_status(store: SweepStore, tracking_uri: str, run_id: str, status
 def short_http_retries() -> Iterator[None]:
     """One quick attempt per MLflow request in this block (as trial trackers do), unless the
     environment sets otherwise: MLflow's own 7 retries would stall the driver for minutes."""
-    from trainables.tracking import SHORT_HTTP_SETTINGS
+    from trainables.mlflow_store import SHORT_HTTP_SETTINGS
 
     added = {k: v for k, v in SHORT_HTTP_SETTINGS.items() if k not in os.environ}
     os.environ.update(added)
@@ -142,13 +144,15 @@ def short_http_retries() -> Iterator[None]:
 def _quiet_tracking_logs() -> Iterator[None]:
     # The courier's outage warning names the temporary copy being delivered; the caller reports
     # the outage once, naming the outbox.
-    log = logging.getLogger("trainables.tracking")
-    level = log.level
-    log.setLevel(logging.ERROR)
+    logs = [logging.getLogger(name) for name in TRACKING_LOGGERS]
+    levels = [log.level for log in logs]
+    for log in logs:
+        log.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        log.setLevel(level)
+        for log, level in zip(logs, levels, strict=True):
+            log.setLevel(level)
 
 
 def main(args) -> int:

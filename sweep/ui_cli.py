@@ -2,7 +2,8 @@
 
 The store is the one the sweeps log to (``--tracking-uri``, else the spec's ``tracking_uri`` when
 SWEEP is a spec or a sweep whose spec is in the storage folder, else MLFLOW_TRACKING_URI, else
-``sqlite:///./mlflow.db``, see ``trainables.tracking.resolve_tracking_uri``). For a database
+``mlflow.db`` in the current directory: ``trainables.mlflow_store.resolve_tracking_uri``, which
+also makes a relative sqlite path absolute). For a database
 store this starts ``mlflow server`` (the UI and the REST API) on it, prints the URL and waits;
 Ctrl-C or SIGTERM stops the server and its workers. A store that is already an MLflow server
 (``http://...``) has its own UI: the command prints that URL and starts nothing.
@@ -30,7 +31,7 @@ import time
 from pathlib import Path
 
 from sweep.notes import experiment_page_url
-from trainables.tracking import resolve_tracking_uri
+from trainables.mlflow_store import resolve_tracking_uri
 
 
 def server_command(tracking_uri: str, host: str, port: int) -> list[str]:

@@ -1,7 +1,7 @@
 """The tracking outbox: MLflow records a trial could not deliver, kept in the sweep's storage.
 
 A trial ends (finished, failed or killed) and MLflow has been unreachable for longer than its
-finish window: its journal (trainables.tracking) still holds records. The trial's own folder is
+finish window: its journal (trainables.journal) still holds records. The trial's own folder is
 scratch and goes away with it, so the journal folder is copied here, into the sweep's storage
 (a local folder or s3://, through pyarrow's filesystem layer like the rest of the sweep), and
 the next `sweep run`, `sweep resume`, `sweep status` or `sweep sync NAME` delivers it.
@@ -36,7 +36,7 @@ import pyarrow.fs as pafs
 
 from trainables.files import atomic_write, filesystem_for
 
-# trainables.tracking (hence mlflow, seconds to import) is imported only to deliver or keep
+# trainables.journal (hence mlflow, seconds to import) is imported only to deliver or keep
 # records: `sweep status` reads the outbox without it.
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class Outbox:
 
     def keep(self, journal_dir: Path, trial_key: str, tracking_uri: str) -> str:
         """Copy a journal folder in as a new version of `trial_key`'s entry; returns its URI."""
-        from trainables.tracking import JOURNAL_NAME, pending_records
+        from trainables.journal import JOURNAL_NAME, pending_records
 
         lines = len((journal_dir / JOURNAL_NAME).read_bytes().splitlines())
         version = f"{self.root}/{trial_key}/v{lines:09d}"
@@ -104,7 +104,7 @@ class Outbox:
     def deliver(self, entry: dict, timeout_s: float = 0.0):
         """Deliver one entry to its MLflow store; remove it when nothing is left pending, else
         keep what is left as a newer version. Returns the DeliveryReport."""
-        from trainables.tracking import flush_journal
+        from trainables.journal import flush_journal
 
         with tempfile.TemporaryDirectory(prefix="outbox-") as tmp:
             local = Path(tmp) / "journal"

@@ -3,7 +3,7 @@
 The MLflow UI renders a run's ``mlflow.note.content`` tag as Markdown (the run page's
 "Description"), and lists a run's dataset inputs in the runs table's "Dataset" column and its
 dataset filter. Both are derived here from the trial config and the training result, with no
-MLflow import, so they are plain data for the tracker's journal (trainables.tracking).
+MLflow import, so they are plain data for the tracker's journal (trainables.journal).
 
 - `trial_note(config, result, error)`: one paragraph: trial key, the recipe in words, the final
   validation/test AUPRC of the best weights, the best epoch and why training stopped (or the error

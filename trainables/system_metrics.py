@@ -43,7 +43,7 @@ def start(tracking: TrackingConfig | None, run_id: str | None, device_type: str)
         return None
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-    from trainables.tracking import resolve_tracking_uri
+    from trainables.mlflow_store import resolve_tracking_uri
 
     monitor = SystemMetricsMonitor(
         run_id,

@@ -17,7 +17,8 @@ from sweep import notes, ui_cli
 from sweep.cli import build_parser
 from sweep.plan import expand
 from sweep.spec import parse_spec
-from trainables.tracking import NOTE_TAG, start_sweep_run
+from trainables.mlflow_schema import NOTE_TAG
+from trainables.mlflow_store import start_sweep_run
 
 SPEC = {
     "name": "notes-sweep",

@@ -7,6 +7,7 @@ import pytest
 
 from sweep import runs
 from sweep.analysis import SPIKINESS_THRESHOLD
+from trainables import mlflow_schema as schema
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def test_one_row_per_trial_with_logged_values(complete, sweep_store):
 
 def test_tag_columns_are_typed(complete):
     table = complete.table
-    assert list(table.columns[: len(runs.TAG_COLUMNS)]) == list(runs.TAG_COLUMNS)
+    assert list(table.columns[: len(schema.TRIAL_TAGS)]) == list(schema.TRIAL_TAGS)
     assert str(table["seed"].dtype) == "Int64" and str(table["recipe_id"].dtype) == "Int64"
     row = table.set_index("trial_key").loc["swin-4m-2d_rht_sr-s2026-f1"]
     assert (

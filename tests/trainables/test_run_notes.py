@@ -18,16 +18,14 @@ from mlflow.tracking import MlflowClient
 from trainables import cache, system_metrics
 from trainables.config import TrackingConfig, TrialConfig
 from trainables.loop import InjectedFailure, resolve_data_root, run_tracked
-from trainables.run_notes import DIGEST_LENGTH, dataset_input, trial_note
-from trainables.tracking import (
-    EXPERIMENT_KIND_TAG,
-    NOTE_TAG,
-    TRAINING_KIND,
-    TrialTracker,
+from trainables.mlflow_schema import EXPERIMENT_KIND_TAG, NOTE_TAG, TRAINING_KIND
+from trainables.mlflow_store import (
     get_or_create_experiment,
     mark_training_experiment,
     start_sweep_run,
 )
+from trainables.run_notes import DIGEST_LENGTH, dataset_input, trial_note
+from trainables.tracking import TrialTracker
 from trainables.trainable import config_from_tune
 
 SYSTEM_KEYS = {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"}

@@ -16,16 +16,15 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from trainables import tracking
-from trainables.tracking import (
-    DeliveryReport,
-    TrialTracker,
-    find_trial_runs,
+from tests.mlflow_runs import find_trial_runs
+from trainables.journal import BLOBS_DIR, JOURNAL_NAME, DeliveryReport, flush_journal
+from trainables.mlflow_store import (
+    end_sweep_run,
     flatten_config,
-    flush_journal,
     resolve_tracking_uri,
     start_sweep_run,
 )
+from trainables.tracking import TrialTracker
 
 TAGS = {"sweep": "s", "arch": "cnn", "scale": "tiny", "recipe": "nvfp4", "seed": "0"}
 
@@ -90,8 +89,9 @@ def test_start_log_finish_is_one_complete_run(make_tracker, client, uri, experim
     tracker.log_dict({"arch": "cnn"}, "config.json")
     fig = plt.figure()
     plt.plot([0, 1], [1, 0])
-    tracker.log_figure(fig, "plots/pr_curve.png")
+    fig.savefig(tmp_path / "pr_curve.png")
     plt.close(fig)
+    tracker.log_artifact(tmp_path / "pr_curve.png", "plots")
     tracker.log_artifact(weights, "weights")
     report = tracker.finish()
 
@@ -119,7 +119,7 @@ def test_start_log_finish_is_one_complete_run(make_tracker, client, uri, experim
     local = client.download_artifacts(run.info.run_id, "config.json", str(tmp_path))
     assert json.loads(Path(local).read_text()) == {"arch": "cnn"}
     # Delivered artifact copies are removed from the buffer.
-    assert not any((tmp_path / "buf" / tracking.BLOBS_DIR).rglob("*.*"))
+    assert not any((tmp_path / "buf" / BLOBS_DIR).rglob("*.*"))
 
 
 @pytest.mark.parametrize("status", ["FINISHED", "FAILED", "KILLED"])
@@ -213,7 +213,7 @@ def test_store_unavailable_at_start_creates_the_run_at_first_delivery(
     blocked.write_text("not a folder")
     down_uri = f"sqlite:///{blocked / 'mlflow.db'}"
     tracker = make_tracker(uri=down_uri)
-    with caplog.at_level(logging.WARNING, logger="trainables.tracking"):
+    with caplog.at_level(logging.WARNING, logger="trainables.journal"):
         tracker.start()  # no exception
         for epoch in range(3):
             tracker.log_epoch(epoch, {"loss": float(epoch)})
@@ -272,7 +272,7 @@ def test_a_torn_last_journal_line_is_dropped(make_tracker, client, tmp_path):
     tracker = make_tracker()
     tracker.start()
     tracker.log_epoch(0, {"loss": 1.0})
-    journal = tmp_path / "buf" / tracking.JOURNAL_NAME
+    journal = tmp_path / "buf" / JOURNAL_NAME
     with open(journal, "a") as f:
         f.write('{"seq": 99, "kind": "metr')  # the process died mid-write
     resumed = make_tracker(run_id=tracker.run_id)
@@ -284,7 +284,7 @@ def test_a_torn_last_journal_line_is_dropped(make_tracker, client, tmp_path):
 
 def test_a_corrupt_journal_line_is_named(make_tracker, tmp_path):
     (tmp_path / "buf").mkdir()
-    (tmp_path / "buf" / tracking.JOURNAL_NAME).write_text('{"seq": 1}\ngarbage\n{"ack": 1}\n')
+    (tmp_path / "buf" / JOURNAL_NAME).write_text('{"seq": 1}\ngarbage\n{"ack": 1}\n')
     with pytest.raises(ValueError, match=r"mlflow_journal.jsonl:2"):
         make_tracker().start()
 
@@ -337,7 +337,7 @@ def test_search_by_tags_returns_exactly_the_wanted_runs(uri, experiment, make_tr
 
 def test_sweep_parent_run_is_reused_when_the_sweep_runs_again(uri, experiment, client):
     first = start_sweep_run(uri, experiment, tags={"sweep": "s"}, params={"spec": "a.yaml"})
-    tracking.end_sweep_run(uri, first, "KILLED")
+    end_sweep_run(uri, first, "KILLED")
     again = start_sweep_run(uri, experiment, tags={"sweep": "s"}, params={"spec": "b.yaml"})
     assert again == first
     run = client.get_run(first)

@@ -24,7 +24,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from sweep.ui_cli import server_command
-from trainables.tracking import TrialTracker, find_trial_runs, flush_journal
+from tests.mlflow_runs import find_trial_runs
+from trainables.journal import flush_journal
+from trainables.tracking import TrialTracker
 
 SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job runner: faster start
 
@@ -155,7 +157,7 @@ def test_server_stopped_mid_trial_loses_nothing_and_duplicates_nothing(
         a.log_epoch(epoch, {"loss": float(epoch), "val_auprc": epoch / 10})
     c.log_epoch(0, {"loss": 0.5})
 
-    with caplog.at_level(logging.WARNING, logger="trainables.tracking"):
+    with caplog.at_level(logging.WARNING, logger="trainables.journal"):
         server.stop()
         # Training goes on while the server is down: no exception, records buffered.
         for epoch in (3, 4):

@@ -40,11 +40,12 @@ from trainables.failures import (
     read_mark,
     record_failure,
 )
+from trainables.journal import pending_records
 from trainables.lgg import DatasetError
 from trainables.loop import NonFiniteLossError
 from trainables.outbox import Outbox
 from trainables.scratch import LOCK_FILE, remove_orphans, scratch_dir
-from trainables.tracking import TrialTracker, pending_records
+from trainables.tracking import TrialTracker
 
 
 def config(**changes) -> TrialConfig:
