@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from urllib.parse import quote, urlencode
 
 from sweep.plan import Plan
@@ -87,21 +88,25 @@ def status_line(planned: int, finished: Iterable[str] | None, failed: Iterable[s
     return f"{line} (updated {_now()})."
 
 
+@dataclass(frozen=True)
+class NoteFacts:
+    """What the sweep's description says besides its spec and plan: where the sweep lives, how
+    far it got (``finished`` None: still running) and the parent run's analysis figures."""
+
+    storage: str
+    experiment_id: str
+    parent_run_id: str
+    finished: list[str] | None = None
+    failed: list[str] | None = None
+    figures: list[str] = field(default_factory=list)  # artifact paths of the parent run
+
+
 def sweep_note(
-    spec: SweepSpec,
-    plan: Plan,
-    *,
-    storage: str,
-    experiment_id: str,
-    parent_run_id: str,
-    finished: Iterable[str] | None = None,
-    failed: Iterable[str] | None = None,
-    figures: Iterable[str] = (),
-    inline_figures: bool = False,
+    spec: SweepSpec, plan: Plan, facts: NoteFacts, *, inline_figures: bool = False
 ) -> str:
     """The description of the sweep (Markdown): the experiment's, or with ``inline_figures`` the
-    parent run's (the figures shown, not only linked). ``figures`` are artifact paths of the
-    parent run; ``finished``=None means the sweep is still running."""
+    parent run's (the figures shown, not only linked)."""
+    experiment_id, parent_run_id, storage = facts.experiment_id, facts.parent_run_id, facts.storage
     parent = run_page_path(experiment_id, parent_run_id)
     lines = [
         f"## Sweep `{spec.name}`",
@@ -109,7 +114,7 @@ def sweep_note(
         "NVFP4 quantization-aware training study: one child run per trial, named by its trial "
         f"key, under the parent run [{spec.name}]({parent}).",
         "",
-        status_line(len(plan.trials), finished, failed),
+        status_line(len(plan.trials), facts.finished, facts.failed),
         "",
         *grid_lines(plan),
         "",
@@ -119,15 +124,9 @@ def sweep_note(
         f"- **Spec**: `{storage.rstrip('/')}/spec.yaml`, also "
         f"{_artifact_link(experiment_id, parent_run_id, schema.SPEC_ARTIFACT)} and "
         f"{_artifact_link(experiment_id, parent_run_id, schema.PLAN_ARTIFACT)} on the parent run",
-        *_analysis_lines(spec, experiment_id, parent_run_id, list(figures), inline_figures),
+        *analysis_lines(spec.name, experiment_id, parent_run_id, facts.figures, inline_figures),
     ]
     return "\n".join(lines) + "\n"
-
-
-def _analysis_lines(
-    spec: SweepSpec, experiment_id: str, run_id: str, figures: list[str], inline: bool
-) -> list[str]:
-    return analysis_lines(spec.name, experiment_id, run_id, figures, inline)
 
 
 def analysis_lines(
@@ -204,18 +203,17 @@ def describe_sweep(
     from trainables.mlflow_store import set_experiment_note, set_run_note
 
     client = MlflowClient(tracking_uri)
-    experiment_id = client.get_run(parent_run_id).info.experiment_id
-    finished = None if finished is None else list(finished)
-    common = {
-        "storage": storage,
-        "experiment_id": experiment_id,
-        "parent_run_id": parent_run_id,
-        "finished": finished,
-        "failed": None if failed is None else list(failed),
-        "figures": analysis_figures(client, parent_run_id),
-    }
-    set_experiment_note(client, experiment_id, sweep_note(spec, plan, **common))
-    set_run_note(client, parent_run_id, sweep_note(spec, plan, **common, inline_figures=True))
+    facts = NoteFacts(
+        storage,
+        client.get_run(parent_run_id).info.experiment_id,
+        parent_run_id,
+        None if finished is None else list(finished),
+        None if failed is None else list(failed),
+        analysis_figures(client, parent_run_id),
+    )
+    experiment_id = facts.experiment_id
+    set_experiment_note(client, experiment_id, sweep_note(spec, plan, facts))
+    set_run_note(client, parent_run_id, sweep_note(spec, plan, facts, inline_figures=True))
     client.set_experiment_tag(experiment_id, SHARED_VIEW_TAG + TRIALS_VIEW_KEY, view_state())
 
 

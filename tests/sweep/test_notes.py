@@ -1,4 +1,5 @@
-"""The sweep's descriptions (experiment and parent run), its trials view, and `sweep ui SWEEP`.
+"""The sweep's parent run and descriptions (experiment and parent run), its trials view, and
+`sweep ui SWEEP`.
 
 Rendering is checked on a parsed spec; writing against the per-session sqlite store. The browser
 test (test_ui_browser.py) checks what the UI makes of them.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import yaml
@@ -41,7 +43,7 @@ def spec_and_plan(**changes):
 def test_the_note_names_the_sweep_grid_data_storage_and_status():
     spec, plan = spec_and_plan()
     common = {"storage": "/s/notes-sweep", "experiment_id": "7", "parent_run_id": "p1"}
-    running = notes.sweep_note(spec, plan, **common)
+    running = notes.sweep_note(spec, plan, notes.NoteFacts(**common))
     assert running.startswith("## Sweep `notes-sweep`\n")
     assert "**Running** since " in running and "12 trials planned" in running
     assert "| arch | cnn (6), swin (6) |" in running
@@ -55,15 +57,43 @@ def test_the_note_names_the_sweep_grid_data_storage_and_status():
     assert "not logged yet; `sweep analyze notes-sweep`" in running
 
     keys = [t.key for t in plan.trials]
-    done = notes.sweep_note(
-        spec, plan, **common, finished=keys[:10], failed=keys[10:],
-        figures=["analysis/figures/fig6.png"], inline_figures=True,
-    )  # fmt: skip
+    facts = notes.NoteFacts(
+        **common, finished=keys[:10], failed=keys[10:], figures=["analysis/figures/fig6.png"]
+    )
+    done = notes.sweep_note(spec, plan, facts, inline_figures=True)
     assert f"**10 of 12 trials finished**, 2 not finished (`{keys[10]}`, `{keys[11]}`)" in done
     assert "[report.md](#/experiments/7/runs/p1/artifacts/analysis/report.md)" in done
     assert "[fig6.png](#/experiments/7/runs/p1/artifacts/analysis/figures/fig6.png)" in done
     assert "![fig6.png](get-artifact?path=analysis%2Ffigures%2Ffig6.png&run_uuid=p1)" in done
-    assert "![" not in notes.sweep_note(spec, plan, **common, figures=["analysis/figures/f.png"])
+    linked = notes.NoteFacts(**common, figures=["analysis/figures/f.png"])
+    assert "![" not in notes.sweep_note(spec, plan, linked)
+
+
+def test_the_parent_run_keeps_spec_plan_versions_and_the_trials_git_sha(tmp_path):
+    from sweep import runner
+    from sweep.storage import SweepStore
+    from trainables.config import code_version
+
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    spec, plan = spec_and_plan(name="notes-parent", storage=str(tmp_path))
+    parent = runner._start_parent_run(uri, spec, plan)
+    client = MlflowClient(uri)
+    run = client.get_run(parent)
+    assert run.data.tags["sweep_parent"] == "true" and run.data.tags["sweep"] == spec.name
+    # The trials' tag is the sha in their code version: the same 12 characters.
+    assert run.data.tags["git_sha"] == (code_version().partition("+g")[2] or "unknown")
+    assert run.data.params == {"trials": "12", "storage": spec.resolved_storage()}
+    local = Path(client.download_artifacts(parent, "", str(tmp_path / "artifacts")))
+    assert json.loads((local / "plan.json").read_text()) == plan.to_rows()
+    assert "mlflow" in json.loads((local / "versions.json").read_text())
+    assert yaml.safe_load((local / "spec.yaml").read_text())["name"] == spec.name
+
+    store = SweepStore.open(str(tmp_path), spec.name)
+    runner._finish_parent_run(store, uri, parent, ok=False)
+    assert client.get_run(parent).info.status == "FAILED"
+    assert runner._start_parent_run(uri, spec, plan) == parent  # the sweep run again: reopened
+    runner._finish_parent_run(store, uri, parent, ok=True)
+    assert client.get_run(parent).info.status == "FINISHED"
 
 
 def test_describe_sweep_writes_both_notes_and_the_trials_view(tmp_path):
