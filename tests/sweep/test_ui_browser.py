@@ -23,21 +23,21 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
-import sys
-import time
 import urllib.request
 from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-import yaml
+
+from tests.sweep.test_sweep_e2e import SWEEP, _env
+from tests.sweep.test_sweep_e2e import _spec as e2e_spec
+from tests.sweep.test_sweep_e2e import _write as e2e_write
+from tests.trainables.test_tracking_server import free_port, wait_healthy
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.slow]
 
-SWEEP = [sys.executable, "-m", "sweep"]
 NAME = "ui-browse"
 CHROMIUMS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 SCREENS_ENV = "SWEEP_UI_SCREENSHOTS"  # also copy the screenshots there (for a human to look at)
@@ -121,41 +121,11 @@ def render(chromium: str, url: str, screenshot: Path, profile: Path, *, until) -
 # --------------------------------------------------------------------------- the sweep and the UI
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _env(tmp: Path) -> dict:
-    return dict(
-        os.environ,
-        RAY_AUTH_MODE="disabled",
-        NO_ALBUMENTATIONS_UPDATE="1",
-        PYTHONUNBUFFERED="1",
-        SWEEP_STORAGE=str(tmp / "storage"),
-        SWEEP_DATA_CACHE=str(tmp / "cache"),
-    )
-
-
 def _spec(tmp: Path) -> Path:
-    spec = {
-        "name": NAME,
-        "data": {
-            "synthetic": {"patients": 6, "size": 32, "seed": 0, "slices_per_patient": 6},
-            "image_size": 32,
-        },
-        "grid": {"arch": ["cnn"], "scale": ["tiny"], "recipe": ["baseline", "nvfp4"], "seed": [1]},
-        "protocol": {"epochs": 2, "batch_size": 8, "early_stop_warmup": 2},
-        "resources": {"cpus_per_trial": 1, "max_concurrent": 2},
-        "storage": str(tmp / "storage"),
-        "tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
-        "failure": {"max_retries": 0},
-        "analyze": True,
-    }
-    path = tmp / f"{NAME}.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
+    """The e2e tests' tiny sweep, 2 epochs, no retries, analysed at the end."""
+    quick = {"epochs": 2, "early_stop_warmup": 2}
+    spec = e2e_spec(tmp, NAME, protocol=quick, failure={"max_retries": 0}, analyze=True)
+    return e2e_write(tmp, spec)
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +153,7 @@ def served(chromium, tmp_path_factory):
         timeout=600,
     )
     assert run.returncode == 0, f"sweep run -> {run.returncode}\n{run.stdout}\n{run.stderr}"
-    port = _free_port()
+    port = free_port()
     log = tmp / "ui.log"
     with open(log, "w") as out:
         ui = subprocess.Popen(
@@ -206,20 +176,8 @@ def served(chromium, tmp_path_factory):
         ui.wait(timeout=30)
 
 
-def _wait_for_ui(log: Path, ui: subprocess.Popen, port: int, timeout_s: float = 120) -> str:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if ui.poll() is not None:
-            pytest.fail(f"sweep ui exited with {ui.returncode}:\n{log.read_text()[-3000:]}")
-        with (
-            contextlib.suppress(OSError),
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as answer,
-        ):
-            if answer.status == 200:
-                break
-        time.sleep(0.3)
-    else:
-        pytest.fail(f"sweep ui not healthy after {timeout_s} s:\n{log.read_text()[-3000:]}")
+def _wait_for_ui(log: Path, ui: subprocess.Popen, port: int) -> str:
+    wait_healthy(f"http://127.0.0.1:{port}", ui, log)
     found = re.search(rf"^Sweep {NAME}: (\S+)$", log.read_text(), re.MULTILINE)
     assert found, f"sweep ui printed no experiment page URL:\n{log.read_text()[:2000]}"
     return found.group(1)
@@ -258,6 +216,8 @@ def test_a_finished_sweep_browses_in_chromium(chromium, served):
     trials = {r.data.tags["trial_key"]: r for r in runs if "trial_key" in r.data.tags}
     parent = next(r for r in runs if r.data.tags.get("sweep_parent") == "true")
     assert sorted(trials) == ["cnn-tiny-baseline-s1-holdout", "cnn-tiny-nvfp4-s1-holdout"]
+    # One git sha tag, parent and trials alike (trainables.mlflow_schema.short_sha).
+    assert {r.data.tags["git_sha"] for r in runs} == {parent.data.tags["git_sha"]}
     eid, profile = experiment.experiment_id, served["tmp"] / "chromium-profile"
     assert served["url"].startswith("http://127.0.0.1:") and f"/experiments/{eid}/" in served["url"]
 
