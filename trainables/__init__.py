@@ -10,7 +10,9 @@
 - `lgg`, `splits`, `augment`, `cache`, `synth`, `datasets`: the LGG data (or a synthetic twin).
 - `losses`: BCE + Tversky. `metrics`: pixel AUPRC (== scikit-learn) and friends, streamed.
 - `checkpoint`: atomic, exact-resume checkpoints. `loop`: the protocol (no Ray import).
-- `trainable`: `train_trial`, the Ray Tune function trainable. `tracking`: MLflow per trial.
+- `trainable`: `train_trial`, the Ray Tune function trainable.
+- MLflow: `tracking` (a trial's run), `journal` (its records, kept on disk and delivered),
+  `mlflow_store` (the store, experiments, the sweep's parent run), `mlflow_schema` (the names).
 
 Names below are imported on first use, so `import trainables.lgg` stays light (no torch/ray).
 """
