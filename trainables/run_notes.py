@@ -24,7 +24,6 @@ from typing import Any
 
 from trainables.config import TrialConfig
 
-NOTE_LIMIT = 8000  # MLflow's longest run tag value
 DIGEST_LENGTH = 16
 
 _ARCH_WORDS = {
@@ -73,7 +72,7 @@ def trial_note(
         lines.append(f"Did not finish: `{type(error).__name__}`: {message}")
     else:
         lines.append("Did not finish (interrupted).")
-    return _limit(" ".join(lines))
+    return " ".join(lines)  # the tracker cuts it to MLflow's longest tag value if need be
 
 
 def _data_words(config: TrialConfig) -> str:
@@ -103,10 +102,6 @@ def _number(value: Any) -> str:
         return f"{float(value):.4f}"
     except (TypeError, ValueError):
         return "n/a"
-
-
-def _limit(text: str) -> str:
-    return text if len(text) <= NOTE_LIMIT else text[: NOTE_LIMIT - 3] + "..."
 
 
 # --------------------------------------------------------------------------- the dataset input
