@@ -25,9 +25,11 @@ Three rules make a trial exactly one run whatever happens to the process or the 
 3. **Journal first, deliver second.** A failed delivery leaves the record pending in the journal
    and training goes on. Every later call first delivers the pending records in order;
    ``finish()`` retries with backoff for a bounded time and returns a ``DeliveryReport``.
-   Whatever is still pending stays in the journal, for a resumed trial or ``flush_journal`` to
-   deliver, or is handed to ``keep_pending`` (the sweep's storage: trainables.outbox), because a
-   trial's own folder does not outlive it.
+   Whatever is still pending stays in the journal, for a resumed trial or
+   ``trainables.journal.flush_journal`` to deliver, or is handed to ``keep_pending`` (the sweep's
+   storage: trainables.outbox), because a trial's own folder does not outlive it. For an HTTP
+   store the tracker makes MLflow's client try each request once, quickly
+   (`mlflow_store.use_short_http_retries`): the journal is the retry mechanism.
 
 For the UI: a trial's description (``mlflow.note.content``, `TrialTracker.set_note`) and its
 dataset input (`TrialTracker.log_dataset`) go through the journal like everything else.
