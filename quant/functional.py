@@ -1,8 +1,8 @@
 """Quantized linear, conv2d and conv_transpose2d: the three GEMMs, run as the recipe says.
 
 `linear(x, weight, bias, recipe=..., generator=...)` is differentiable like F.linear, but its
-forward and both backward GEMMs are NVFP4 GEMMs (quant.gemm) whose operands are prepared per the
-recipe's six slots (quant.recipes):
+forward and both backward GEMMs are NVFP4 GEMMs (quant.gemm; convolutions: quant.conv) whose
+operands are prepared per the recipe's six slots (quant.recipes):
 
     forward    Y  = FPROP(fprop_input(X), fprop_weight(W)) (+ bias, in high precision)
     backward   dX = DGRAD(dgrad_grad_output(dY), dgrad_weight(W))
@@ -52,16 +52,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.modules.utils import _pair
 
-from quant.gemm import (
-    BLOCK,
-    Conv2dGemms,
-    ConvGeometry,
-    ConvTranspose2dGemms,
-    GemmOperand,
-    LayerGemms,
-    LinearGemms,
-    Observer,
-)
+from quant.conv import Conv2dGemms, ConvGeometry, ConvTranspose2dGemms
+from quant.gemm import GemmOperand, LayerGemms, LinearGemms, Observer
+from quant.nvfp4 import BLOCK
 from quant.recipes import SLOTS, Recipe, get_recipe
 
 

@@ -27,7 +27,8 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
-from quant.gemm import TENSOR_SCALE, Observer
+from quant.gemm import Observer
+from quant.nvfp4 import FP4_E4M3_MAX
 
 _ENABLED = "_quant_telemetry"
 _STATS = "_quant_stats"
@@ -46,7 +47,7 @@ def observer(layer: nn.Module) -> Observer | None:
         blocks: Tensor,
         amax: Tensor,
         block,
-        tensor_scale: float = TENSOR_SCALE,
+        tensor_scale: float = FP4_E4M3_MAX,
     ) -> None:
         row = stats.setdefault(slot, {"signal": 0.0, "noise": 0.0, "zero": 0, "blocks": 0})
         _accumulate(row, reference, blocks, amax, tuple(block), tensor_scale)
