@@ -26,8 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from quant.nvfp4 import BLOCK
+
 GEMM_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
-NVFP4_BLOCK = 16  # values per NVFP4 scale block along the contraction dimension
 PATCH = 16  # ViT/Swin patch side in pixels (the paper's 256 px -> 16x16 tokens)
 
 # The GEMM layers of a transformer block that the paper quantizes; everything else stays in
@@ -314,7 +315,7 @@ def require_rate(owner: str, field: str, value: object) -> None:
 
 def check_transformer_fields(owner: str, cfg) -> None:
     """Validate the fields ViT and Swin configs share (dims NVFP4-tileable, rates in [0, 1))."""
-    require_int(owner, "dim", cfg.dim, multiple=NVFP4_BLOCK)
+    require_int(owner, "dim", cfg.dim, multiple=BLOCK)
     require_int(owner, "depth", cfg.depth)
     require_int(owner, "heads", cfg.heads)
     if cfg.dim % cfg.heads:
@@ -322,10 +323,10 @@ def check_transformer_fields(owner: str, cfg) -> None:
     if isinstance(cfg.mlp_ratio, bool) or not isinstance(cfg.mlp_ratio, int | float):
         raise ValueError(f"{owner}.mlp_ratio must be a number, got {cfg.mlp_ratio!r}")
     hidden = int(cfg.dim * cfg.mlp_ratio)
-    if hidden <= 0 or hidden % NVFP4_BLOCK:
+    if hidden <= 0 or hidden % BLOCK:
         raise ValueError(
             f"{owner}: MLP hidden width dim*mlp_ratio = {cfg.dim}*{cfg.mlp_ratio} = {hidden} must "
-            f"be a positive multiple of {NVFP4_BLOCK} (NVFP4 block size of fc1/fc2)"
+            f"be a positive multiple of {BLOCK} (NVFP4 block size of fc1/fc2)"
         )
     require_int(owner, "img_size", cfg.img_size, multiple=PATCH)
     for field in ("drop_rate", "attn_drop_rate", "drop_path_rate"):
