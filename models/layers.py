@@ -45,7 +45,11 @@ def gemm_layers(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def quantized_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """The GEMM layers a recipe quantizes: all of them except ``model.full_precision_layers()``."""
+    """The GEMM layers a recipe quantizes: all of them except ``model.full_precision_layers()``.
+
+    Read off the model's declaration, prepared or not; ``quant.modules.converted_layers`` lists
+    the layers ``quant.prepare`` did convert (which ``skip=`` can make fewer).
+    """
     keep = model.full_precision_layers() if hasattr(model, "full_precision_layers") else set()
     return {name: m for name, m in gemm_layers(model).items() if name not in keep}
 

@@ -166,8 +166,12 @@ def unprepare(model: nn.Module) -> nn.Module:
     return model
 
 
-def quantized_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Qualified name -> converted layer, in module order."""
+def converted_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Qualified name -> layer that `prepare` converted (`is_quantized`), in module order.
+
+    What *was* converted; models.layers.quantized_layers is what a recipe *would* quantize, read
+    off a model's declaration (`full_precision_layers()`) without preparing it.
+    """
     return {name: m for name, m in model.named_modules() if is_quantized(m)}
 
 

@@ -93,10 +93,10 @@ def collect(model: nn.Module) -> Iterator[None]:
 def quantization_report(model: nn.Module) -> list[dict]:
     """Rows {layer, operand, sqnr_db, zero_scale_fraction} from the last collected forward
     (and backward) of each converted layer; operand is the slot, e.g. "fprop_input"."""
-    from quant.modules import quantized_layers
+    from quant.modules import converted_layers
 
     rows = []
-    for name, layer in quantized_layers(model).items():
+    for name, layer in converted_layers(model).items():
         for slot, s in getattr(layer, _STATS, {}).items():
             rows.append(
                 {

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import quant
-from quant.modules import QConv2d, QConvTranspose2d, QLinear, quantized_layers
+from quant.modules import QConv2d, QConvTranspose2d, QLinear, converted_layers
 from quant.recipes import list_recipes
 
 
@@ -67,7 +67,7 @@ def test_contract_every_recipe_every_layer_kind(recipe, kind, dtype):
 
     assert all(a is b for a, b in zip(model.parameters(), params, strict=True))
     assert list(model.state_dict()) == keys
-    assert len(quantized_layers(model)) == 2
+    assert len(converted_layers(model)) == 2
     y = model(x.to(dtype))
     assert y.shape == reference(x.to(dtype)).shape and y.dtype == dtype
     y.float().square().mean().backward()
@@ -122,9 +122,9 @@ def test_prepare_is_idempotent_and_switches_recipes():
     model, x = make("linear")
     quant.prepare(model, "nvfp4")
     first = model(x)
-    layers = quantized_layers(model)
+    layers = converted_layers(model)
     quant.prepare(model, "nvfp4")
-    assert quantized_layers(model) == layers and torch.equal(model(x), first)
+    assert converted_layers(model) == layers and torch.equal(model(x), first)
     quant.prepare(model, "baseline")
     assert all(m.recipe.name == "baseline" for m in layers.values())
     reference = quant.unprepare(copy.deepcopy(model))
