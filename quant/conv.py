@@ -17,7 +17,7 @@ lie inside one kernel tap, along cin, at one input pixel, so:
   blocks differ from other taps', so the slices are quantized separately (a few at a time,
   never the whole im2col) with the amax of the whole im2col, and dW[:, :, i, j] = dY_hat^T @
   slice_hat. When Wo is a multiple of 16, taps that read interleaved rows share their blocks and
-  are quantized once (`Slab`). With the RHT the rotation runs along tokens in both operands, and
+  are quantized once (`_Slab`). With the RHT the rotation runs along tokens in both operands, and
   the amax is taken after rotation over all taps (a first pass).
 
 ConvTranspose2d is the adjoint: its FPROP is a Conv2d DGRAD (X along Cin per pixel, W along Cin
@@ -51,18 +51,7 @@ from quant.gemm import (
 from quant.nvfp4 import BLOCK
 from quant.recipes import Operand
 
-__all__ = [
-    "TAP_BATCH_ELEMENTS",
-    "Conv2dGemms",
-    "ConvGeometry",
-    "ConvTranspose2dGemms",
-    "Slab",
-    "conv_output_hw",
-    "read_positions",
-    "tap_slabs",
-    "tapped_weight_grad",
-    "zero_unread",
-]
+__all__ = ["Conv2dGemms", "ConvGeometry", "ConvTranspose2dGemms"]
 
 
 class ConvGeometry(NamedTuple):
@@ -72,7 +61,7 @@ class ConvGeometry(NamedTuple):
     output_padding: tuple[int, int] = (0, 0)
 
 
-def conv_output_hw(hw, kernel: tuple[int, int], geo: ConvGeometry) -> tuple[int, int]:
+def _conv_output_hw(hw, kernel: tuple[int, int], geo: ConvGeometry) -> tuple[int, int]:
     """Output size of a Conv2d (equally: a ConvTranspose2d's input size from its output's)."""
     return tuple(
         (hw[d] + 2 * geo.padding[d] - geo.dilation[d] * (kernel[d] - 1) - 1) // geo.stride[d] + 1
@@ -80,7 +69,7 @@ def conv_output_hw(hw, kernel: tuple[int, int], geo: ConvGeometry) -> tuple[int,
     )
 
 
-def read_positions(
+def _read_positions(
     size: int, out: int, kernel: int, stride: int, pad: int, dilation: int
 ) -> tuple[bool, ...]:
     """Which input positions (along one spatial dim) some kernel tap reads.
@@ -105,14 +94,14 @@ def read_positions(
 _READ_POSITIONS: dict[tuple[int, ...], tuple[bool, ...]] = {}
 
 
-def zero_unread(t: Tensor, kernel: tuple[int, int], geo: ConvGeometry) -> Tensor:
+def _zero_unread(t: Tensor, kernel: tuple[int, int], geo: ConvGeometry) -> Tensor:
     """`t` (B, C, H, W) with the pixels no kernel tap reads set to 0: its amax is the im2col's.
 
     The usual layers read every pixel and `t` comes back unchanged (no copy).
     """
-    out_hw = conv_output_hw(t.shape[2:], kernel, geo)
+    out_hw = _conv_output_hw(t.shape[2:], kernel, geo)
     rows, cols = (
-        read_positions(
+        _read_positions(
             t.shape[2 + d], out_hw[d], kernel[d], geo.stride[d], geo.padding[d], geo.dilation[d]
         )
         for d in range(2)
@@ -123,12 +112,12 @@ def zero_unread(t: Tensor, kernel: tuple[int, int], geo: ConvGeometry) -> Tensor
     return t * torch.tensor(mask, dtype=t.dtype, device=t.device)
 
 
-#: Upper bound on the elements quantized in one call by `tapped_weight_grad` (at least one slab
+#: Upper bound on the elements quantized in one call by `_tapped_weight_grad` (at least one slab
 #: is always taken), so the extra memory stays small and the full im2col never exists.
-TAP_BATCH_ELEMENTS = 1 << 22
+_TAP_BATCH_ELEMENTS = 1 << 22
 
 
-class Slab(NamedTuple):
+class _Slab(NamedTuple):
     """Rows of the zero-padded source that some kernel taps read, as quantized together.
 
     The slab holds padded rows `first_row + stride * m` (m < rows) at the columns of kernel
@@ -145,7 +134,7 @@ class Slab(NamedTuple):
     taps: tuple[tuple[int, int], ...]  # (i, offset)
 
 
-def tap_slabs(kernel: tuple[int, int], geo: ConvGeometry, out_hw: tuple[int, int]) -> list[Slab]:
+def _tap_slabs(kernel: tuple[int, int], geo: ConvGeometry, out_hw: tuple[int, int]) -> list[_Slab]:
     """The slabs covering every kernel tap (one tap per slab when blocks cannot be shared)."""
     (kh, kw), sh, dh = kernel, geo.stride[0], geo.dilation[0]
     ho, wo = out_hw
@@ -159,16 +148,16 @@ def tap_slabs(kernel: tuple[int, int], geo: ConvGeometry, out_hw: tuple[int, int
     slabs = []
     for j in range(kw):
         if not shared:
-            slabs += [Slab(j, i * dh, ho, ((i, 0),)) for i in range(kh)]
+            slabs += [_Slab(j, i * dh, ho, ((i, 0),)) for i in range(kh)]
             continue
         for c, members in classes.items():
             lo = min(starts[c])
             taps = tuple((i, s - lo) for i, s in zip(members, starts[c], strict=True))
-            slabs.append(Slab(j, c + sh * lo, ho + max(starts[c]) - lo, taps))
+            slabs.append(_Slab(j, c + sh * lo, ho + max(starts[c]) - lo, taps))
     return slabs
 
 
-def tapped_weight_grad(
+def _tapped_weight_grad(
     plain: GemmOperand,
     source: Tensor,
     op: Operand,
@@ -185,19 +174,19 @@ def tapped_weight_grad(
     source: the HP tensor read through the taps, (B, Ci, H, W) (X of a Conv2d, dY of a
             ConvTranspose2d). Returns dW (Co, Ci, kh, kw) in fp32 with alpha applied.
 
-    Every slab (see `Slab`) is quantized with the amax of the whole im2col (`amax=`): the
+    Every slab (see `_Slab`) is quantized with the amax of the whole im2col (`amax=`): the
     pixels the kernel reads, or, with the RHT, the largest rotated value over all slabs (a first
     pass). Slabs of equal size go through the quantizer and the GEMM in batches.
     """
     check_generator(op, generator, slot)
-    ho, wo = conv_output_hw(source.shape[2:], kernel, geo)
+    ho, wo = _conv_output_hw(source.shape[2:], kernel, geo)
     batch, ci = source.shape[:2]
     g = plain.values.float()
     co, padded_tokens = g.shape
     (ph, pw), (sh, sw), dw = geo.padding, geo.stride, geo.dilation[1]
     padded = F.pad(source.float(), (pw, pw, ph, ph)).transpose(0, 1)  # (Ci, B, Hp, Wp)
 
-    def load(slabs: list[Slab]) -> Tensor:
+    def load(slabs: list[_Slab]) -> Tensor:
         """The slabs' rows, (len * Ci, tokens), tokens zero-padded to a multiple of 16."""
         length = batch * slabs[0].rows * wo
         out = padded.new_zeros((len(slabs), ci, length + (-length % BLOCK)))
@@ -208,7 +197,7 @@ def tapped_weight_grad(
         out = out.view(len(slabs) * ci, -1)
         return nvfp4.rht(out) if op.rht else out
 
-    batches = _slab_batches(tap_slabs(kernel, geo, (ho, wo)), ci * batch * wo)
+    batches = _slab_batches(_tap_slabs(kernel, geo, (ho, wo)), ci * batch * wo)
     cache: list[Tensor] | None = None
     if op.rht:  # the rotated im2col's amax needs every slab rotated first; keep them if small
         cache, amaxes = [], []
@@ -221,7 +210,7 @@ def tapped_weight_grad(
                 cache = None
         amax = torch.stack(amaxes).amax().float()
     else:
-        amax = zero_unread(source, kernel, geo).abs().amax().float()
+        amax = _zero_unread(source, kernel, geo).abs().amax().float()
     grad = g.new_empty((co, ci, kernel[0], kernel[1]))
     for n, slabs in enumerate(batches):
         rows = cache[n] if cache is not None else load(slabs)
@@ -241,20 +230,20 @@ def tapped_weight_grad(
     return grad.mul_(alpha(plain, GemmOperand(source, amax, op.tensor_scale)))
 
 
-def _slab_batches(slabs: list[Slab], elements_per_row: int) -> list[list[Slab]]:
-    """Consecutive slabs of equal size, at most TAP_BATCH_ELEMENTS elements per batch."""
-    batches: list[list[Slab]] = []
+def _slab_batches(slabs: list[_Slab], elements_per_row: int) -> list[list[_Slab]]:
+    """Consecutive slabs of equal size, at most _TAP_BATCH_ELEMENTS elements per batch."""
+    batches: list[list[_Slab]] = []
     for slab in slabs:
         last = batches[-1] if batches else None
         size = elements_per_row * slab.rows
-        if last and last[0].rows == slab.rows and (len(last) + 1) * size <= TAP_BATCH_ELEMENTS:
+        if last and last[0].rows == slab.rows and (len(last) + 1) * size <= _TAP_BATCH_ELEMENTS:
             last.append(slab)
         else:
             batches.append([slab])
     return batches
 
 
-def _tap_matrix(blocks: Tensor, slabs: list[Slab], ci: int, batch: int, wo: int, ho: int):
+def _tap_matrix(blocks: Tensor, slabs: list[_Slab], ci: int, batch: int, wo: int, ho: int):
     """Every tap's quantized (Ci, tokens) slice, stacked: ([(i, j)], (taps * Ci, tokens))."""
     rows = slabs[0].rows
     taps = [(i, s.j) for s in slabs for i, _ in s.taps]
@@ -279,7 +268,7 @@ _WEIGHT_ALONG = {1: Layout((2, 3, 0, 1)), 0: Layout((2, 3, 1, 0))}
 def _conv_layouts(fprop_weight_dim: int, plain_role: str) -> dict[tuple[str, str], Layout]:
     """A convolution's layouts: FPROP blocks the weight along `fprop_weight_dim` (its input
     channels), DGRAD along the other dim; `plain_role` is the WGRAD operand blocked along tokens
-    once (the other one is read through the kernel taps, `tapped_weight_grad`)."""
+    once (the other one is read through the kernel taps, `_tapped_weight_grad`)."""
     return {
         ("fprop", "input"): _CHANNELS_LAST,
         ("fprop", "weight"): _WEIGHT_ALONG[fprop_weight_dim],
@@ -316,7 +305,7 @@ class _ConvGemms(LayerGemms):
     def prepare_source(self, gemm: str, role: str, t: Tensor) -> Tensor:
         # Rows/cols of the operand no kernel tap reads are zeroed, so its amax ignores them.
         if (gemm, role) == self.zeroed_source:
-            return zero_unread(t, self.kernel, self.geometry)
+            return _zero_unread(t, self.kernel, self.geometry)
         return t
 
     def fprop(self, x: GemmOperand, w: GemmOperand, out_dtype: torch.dtype | None) -> Tensor:
@@ -342,7 +331,7 @@ class _ConvGemms(LayerGemms):
         plain = "input" if tapped == "grad_output" else "grad_output"
         if op_of[tapped].mode == "quantize":
             plain_2d = self._token_matrix(tensors[plain], plain, op_of[plain], generator, observe)
-            grad = tapped_weight_grad(
+            grad = _tapped_weight_grad(
                 plain_2d,
                 tensors[tapped],
                 op_of[tapped],

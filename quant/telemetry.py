@@ -30,6 +30,12 @@ from torch import Tensor, nn
 from quant.gemm import Observer
 from quant.nvfp4 import FP4_E4M3_MAX
 
+__all__ = [
+    "collect",
+    "observer",
+    "quantization_report",
+]
+
 _ENABLED = "_quant_telemetry"
 _STATS = "_quant_stats"
 
@@ -71,7 +77,7 @@ def _accumulate(
     row["blocks"] += block_max.numel()
 
 
-def enable(model: nn.Module, on: bool = True) -> None:
+def _enable(model: nn.Module, on: bool = True) -> None:
     """Switch collection on or off for every converted layer of `model`."""
     from quant.modules import is_quantized
 
@@ -83,11 +89,11 @@ def enable(model: nn.Module, on: bool = True) -> None:
 @contextlib.contextmanager
 def collect(model: nn.Module) -> Iterator[None]:
     """Measure every quantized operand inside the block; the report keeps the last values."""
-    enable(model, True)
+    _enable(model, True)
     try:
         yield
     finally:
-        enable(model, False)
+        _enable(model, False)
 
 
 def quantization_report(model: nn.Module) -> list[dict]:

@@ -109,6 +109,19 @@ def test_declared_and_skipped_layers_stay_full_precision():
         quant.prepare(ConvNet(), "nvfp4", skip=["uup"])
 
 
+def test_a_torchao_filter_fn_passed_as_skip_is_refused():
+    """torchao's filter_fn(module, fqn) returns True to quantize; skip(name, module) to skip."""
+
+    def filter_fn(module, fqn):
+        return isinstance(module, nn.Conv2d)
+
+    for wrong in (filter_fn, lambda mod, name: False):
+        with pytest.raises(TypeError, match=r"not filter_fn\(module, name\)"):
+            quant.prepare(ConvNet(), "nvfp4", skip=wrong)
+    adapted = quant.prepare(ConvNet(), "nvfp4", skip=lambda name, m: not filter_fn(m, name))
+    assert quant.is_quantized(adapted.down) and not quant.is_quantized(adapted.up)
+
+
 def test_unquantizable_layers_raise_naming_the_layer():
     model = nn.Sequential(nn.Linear(32, 64), nn.Linear(64, 10))
     with pytest.raises(ValueError, match=r"layer '1' \(Linear\): out_features = 10"):
