@@ -35,7 +35,8 @@ import torch
 from torch import Tensor, nn
 
 from quant import functional as qf
-from quant import nvfp4, telemetry
+from quant import nvfp4
+from quant.gemm import Observer
 from quant.recipes import Recipe, get_recipe
 
 __all__ = [
@@ -60,13 +61,16 @@ class _QuantizedLayer:
     recipe: Recipe
     generator: torch.Generator | None
     layer_name: str
+    #: Set by quant.telemetry.collect while it measures: (layer) -> the observer of one forward.
+    start_observing: Callable[[nn.Module], Observer] | None = None
 
     def _gemm_options(self) -> dict[str, Any]:
         """The quant.functional keywords every forward passes: recipe, generator, observer, name."""
+        start = self.start_observing
         return {
             "recipe": self.recipe,
             "generator": self.generator,
-            "observe": telemetry.observer(self),
+            "observe": None if start is None else start(self),
             "name": self.layer_name,
         }
 
