@@ -289,7 +289,15 @@ class _ConvGemms(LayerGemms):
     tapped_role: str
     zeroed_source: tuple[str, str]
 
-    def __init__(self, weight_shape, kernel: tuple[int, int], geometry: ConvGeometry):
+    def __init__(
+        self,
+        weight_shape,
+        kernel: tuple[int, int],
+        geometry: ConvGeometry,
+        generator: torch.Generator | None = None,
+        observe: Observer | None = None,
+    ) -> None:
+        super().__init__(generator, observe)
         self.weight_shape = tuple(weight_shape)
         self.kernel = tuple(kernel)
         self.geometry = geometry
@@ -317,35 +325,27 @@ class _ConvGemms(LayerGemms):
         return run_gemm(lambda g, b: self._input_grad_op(g, b, x_shape), dy, w, out_dtype)
 
     def wgrad(
-        self,
-        dy: Tensor,
-        x: Tensor | GemmOperand,
-        ops: tuple[Operand, Operand],
-        generator: torch.Generator | None,
-        observe: Observer | None,
-        out_dtype: torch.dtype,
+        self, dy: Tensor, x: Tensor | GemmOperand, ops: tuple[Operand, Operand], out_dtype
     ) -> Tensor:
         tensors = {"grad_output": dy, "input": x}
         op_of = {"grad_output": ops[0], "input": ops[1]}
         tapped = self.tapped_role
         plain = "input" if tapped == "grad_output" else "grad_output"
         if op_of[tapped].mode == "quantize":
-            plain_2d = self._token_matrix(tensors[plain], plain, op_of[plain], generator, observe)
+            plain_2d = self._token_matrix(tensors[plain], plain, op_of[plain])
             grad = _tapped_weight_grad(
                 plain_2d,
                 tensors[tapped],
                 op_of[tapped],
                 self.kernel,
                 self.geometry,
-                generator,
+                self.generator,
                 slot=f"wgrad_{tapped}",
-                observe=observe,
+                observe=self.observe,
             )
             return grad.to(out_dtype)
         operands = {
-            role: t
-            if isinstance(t, GemmOperand)
-            else self.operand("wgrad", role, t, op_of[role], generator, observe)
+            role: t if isinstance(t, GemmOperand) else self.operand("wgrad", role, t, op_of[role])
             for role, t in tensors.items()
         }
         return run_gemm(self._weight_grad, operands[tapped], operands[plain], out_dtype)
@@ -356,14 +356,14 @@ class _ConvGemms(LayerGemms):
     def bias_grad(self, dy: Tensor) -> Tensor:
         return dy.sum(dim=(0, 2, 3))
 
-    def _token_matrix(self, t, role, op, generator, observe) -> GemmOperand:
+    def _token_matrix(self, t, role: str, op: Operand) -> GemmOperand:
         """The non-tapped WGRAD operand as a (channels, padded tokens) matrix."""
         if isinstance(t, GemmOperand):
             return GemmOperand(as_token_matrix(t.values, _TOKENS), t.amax, t.tensor_scale)
         if op.mode == "hp":
             return GemmOperand(as_token_matrix(t, _TOKENS), None)
         return quantize_along(
-            t, _TOKENS, op, generator, slot=f"wgrad_{role}", observe=observe, keep_2d=True
+            t, _TOKENS, op, self.generator, slot=f"wgrad_{role}", observe=self.observe, keep_2d=True
         )
 
     def _weight_grad(self, source: Tensor, plain: Tensor) -> Tensor:

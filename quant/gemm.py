@@ -220,20 +220,19 @@ class LayerGemms(ABC):
     the steps that differ by kind: the GEMMs `fprop` and `dgrad` (on prepared operands,
     GemmOperand), `wgrad` (which prepares its own, because convolutions quantize the im2col side
     per kernel tap), how the bias is added and reduced, and `prepare_source` where an
-    operand's amax must ignore elements.
+    operand's amax must ignore elements. One instance serves one layer call: it holds the SR
+    generator and the telemetry observer its operands are quantized with.
     """
 
     layouts: dict[tuple[str, str], Layout] = {}
 
-    def operand(
-        self,
-        gemm: str,
-        role: str,
-        t: Tensor,
-        op: Operand,
-        generator: torch.Generator | None = None,
-        observe: Observer | None = None,
-    ) -> GemmOperand:
+    def __init__(
+        self, generator: torch.Generator | None = None, observe: Observer | None = None
+    ) -> None:
+        self.generator = generator  # stochastic rounding draws from it
+        self.observe = observe  # quant.telemetry's hook, or None
+
+    def operand(self, gemm: str, role: str, t: Tensor, op: Operand) -> GemmOperand:
         """`t` as the (gemm, role) operand: HP as is, or quantized along that GEMM's contraction."""
         if op.mode == "hp":
             return GemmOperand(t, None)
@@ -244,9 +243,9 @@ class LayerGemms(ABC):
             self.prepare_source(gemm, role, t),
             layout,
             op,
-            generator,
+            self.generator,
             slot=f"{gemm}_{role}",
-            observe=observe,
+            observe=self.observe,
         )
 
     def prepare_source(self, gemm: str, role: str, t: Tensor) -> Tensor:
@@ -265,13 +264,7 @@ class LayerGemms(ABC):
 
     @abstractmethod
     def wgrad(
-        self,
-        dy: Tensor,
-        x: Tensor | GemmOperand,
-        ops: tuple[Operand, Operand],
-        generator: torch.Generator | None,
-        observe: Observer | None,
-        out_dtype: torch.dtype,
+        self, dy: Tensor, x: Tensor | GemmOperand, ops: tuple[Operand, Operand], out_dtype
     ) -> Tensor:
         """dW from HP dY and X (or the forward's decoded X), operands prepared per `ops`."""
 
@@ -305,13 +298,7 @@ class LinearGemms(LayerGemms):
         return run_gemm(torch.mm, dy, w, out_dtype)
 
     def wgrad(
-        self,
-        dy: Tensor,
-        x: Tensor | GemmOperand,
-        ops: tuple[Operand, Operand],
-        generator: torch.Generator | None,
-        observe: Observer | None,
-        out_dtype: torch.dtype,
+        self, dy: Tensor, x: Tensor | GemmOperand, ops: tuple[Operand, Operand], out_dtype
     ) -> Tensor:
         dy_op, x_op = ops
         x_operand = x if isinstance(x, GemmOperand) else None
@@ -321,11 +308,11 @@ class LinearGemms(LayerGemms):
             # Zero token rows: the product and every amax are unchanged (see module docstring).
             dy = F.pad(dy, (0, 0, 0, short))
             x_tensor = F.pad(x_tensor, (0, 0, 0, short))
-        a = self.operand("wgrad", "grad_output", dy, dy_op, generator, observe)
+        a = self.operand("wgrad", "grad_output", dy, dy_op)
         if x_operand is not None:
             b = GemmOperand(x_tensor, x_operand.amax, x_operand.tensor_scale)
         else:
-            b = self.operand("wgrad", "input", x_tensor, x_op, generator, observe)
+            b = self.operand("wgrad", "input", x_tensor, x_op)
         return run_gemm(lambda g, i: g.t() @ i, a, b, out_dtype)
 
     def broadcast_bias(self, bias: Tensor) -> Tensor:
