@@ -15,12 +15,15 @@ NVFP4 scales blocks of 16 consecutive values along a GEMM's contraction dimensio
 16x16 tiles for 2-D weight scaling), so every quantized layer's input and output features must be
 multiples of 16; model configs check that when they are built.
 
-The transformer pieces (DropPath, Mlp, PatchEmbed, the convolutional upsampling decoder and the
-init rule) are the ones the paper's ViT and Swin share: a pre-norm encoder on a 16x16 token grid
+The transformer pieces (DropPath, Mlp, PatchEmbed, the convolutional upsampling decoder, the
+init rule, and the trunk that assembles them, ``TransformerSegmentationModel``) are the ones the
+paper's ViT and Swin share: a pre-norm encoder on a 16x16 token grid
 followed by four 2x transposed-convolution upsamplings back to pixels.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -70,16 +73,6 @@ def count_quantized_parameters(model: nn.Module) -> int:
     return sum(m.weight.numel() for m in quantized_layers(model).values())
 
 
-def transformer_full_precision_layers(model: nn.Module) -> set[str]:
-    """Every GEMM layer of a ViT/Swin except the blocks' qkv, proj, fc1 and fc2."""
-    quantized = {
-        name
-        for name in gemm_layers(model)
-        if name.startswith("blocks.") and name.endswith(TRANSFORMER_QUANTIZED_LEAVES)
-    }
-    return set(gemm_layers(model)) - quantized
-
-
 # --------------------------------------------------------------------------- model base class
 
 
@@ -112,6 +105,50 @@ class SegmentationModel(nn.Module):
                 f"{self.arch}: expected images shaped (B, 3, H, W), got {tuple(x.shape)}"
             )
         self.check_input_size(x.shape[-2], x.shape[-1])
+
+
+class TransformerSegmentationModel(SegmentationModel):
+    """ViT and Swin: 16-px patch tokens plus a learned position table, pre-norm blocks, a final
+    LayerNorm and the upsampling decoder; only the blocks' qkv, proj, fc1 and fc2 are quantized.
+
+    A subclass builds its trunk with ``build_trunk`` and writes its own ``forward``.
+    """
+
+    def build_trunk(
+        self, cfg, attention: Callable[[int], nn.Module], *, cls_token: bool = False
+    ) -> None:
+        """Patch embedding, [CLS], position table (+ dropout), ``cfg.depth`` blocks whose block
+        ``i`` attends with ``attention(i)``, final norm and decoder, then the init rule.
+
+        Creation order is the models' parameter order and their draw order from the RNG."""
+        d = cfg.dim
+        self.config = cfg
+        self.grid = (cfg.img_size // PATCH, cfg.img_size // PATCH)
+        self.patch_embed = PatchEmbed(d)
+        if cls_token:
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
+        tokens = int(cls_token) + self.grid[0] * self.grid[1]
+        self.pos_embed = nn.Parameter(torch.zeros(1, tokens, d))
+        self.pos_drop = nn.Dropout(cfg.drop_rate)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(d, attention(i), cfg.hidden, cfg.drop_rate, rate)
+            for i, rate in enumerate(drop_path_rates(cfg.drop_path_rate, cfg.depth))
+        )
+        self.norm = nn.LayerNorm(d)
+        self.decoder = UpsampleDecoder(d)
+        trunc_normal_(self.pos_embed, std=0.02)
+        if cls_token:
+            trunc_normal_(self.cls_token, std=0.02)
+        self.apply(init_transformer_weights)
+
+    def full_precision_layers(self) -> set[str]:
+        """Every GEMM layer except the blocks' qkv, proj, fc1 and fc2."""
+        quantized = {
+            name
+            for name in gemm_layers(self)
+            if name.startswith("blocks.") and name.endswith(TRANSFORMER_QUANTIZED_LEAVES)
+        }
+        return set(gemm_layers(self)) - quantized
 
 
 # --------------------------------------------------------------------------- layers

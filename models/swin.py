@@ -61,17 +61,11 @@ from torch import nn
 
 from models.layers import (
     PATCH,
-    PatchEmbed,
-    SegmentationModel,
-    TransformerBlock,
-    UpsampleDecoder,
+    TransformerSegmentationModel,
     check_transformer_fields,
-    drop_path_rates,
-    init_transformer_weights,
     require_int,
     resample_pos_embed,
     tokens_to_map,
-    transformer_full_precision_layers,
     trunc_normal_,
 )
 
@@ -233,40 +227,18 @@ class WindowAttention(nn.Module):
         return self.proj_drop(self.proj(x))
 
 
-class Swin(SegmentationModel):
+class Swin(TransformerSegmentationModel):
     """Windowed ViT on one token grid (see the module docstring)."""
 
     arch = "swin"
 
     def __init__(self, cfg: SwinConfig) -> None:
         super().__init__()
-        self.config = cfg
-        d = cfg.dim
         self.input_multiple = PATCH * cfg.window
         self.input_rule = (
             f"16-px patches and a token grid tiled by the {cfg.window}x{cfg.window} window"
         )
-        self.grid = (cfg.img_size // PATCH, cfg.img_size // PATCH)
-        self.patch_embed = PatchEmbed(d)
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.grid[0] * self.grid[1], d))
-        self.pos_drop = nn.Dropout(cfg.drop_rate)
-        self.blocks = nn.ModuleList(
-            TransformerBlock(
-                d,
-                WindowAttention(d, cfg, shifted_block=i % 2 == 1),
-                cfg.hidden,
-                cfg.drop_rate,
-                rate,
-            )
-            for i, rate in enumerate(drop_path_rates(cfg.drop_path_rate, cfg.depth))
-        )
-        self.norm = nn.LayerNorm(d)
-        self.decoder = UpsampleDecoder(d)
-        trunc_normal_(self.pos_embed, std=0.02)
-        self.apply(init_transformer_weights)
-
-    def full_precision_layers(self) -> set[str]:
-        return transformer_full_precision_layers(self)
+        self.build_trunk(cfg, lambda i: WindowAttention(cfg.dim, cfg, shifted_block=i % 2 == 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
