@@ -77,20 +77,14 @@ def test_contract_every_recipe_every_layer_kind(recipe, kind, dtype):
 
 
 @pytest.mark.parametrize("recipe", list_recipes())
-def test_a_tiny_model_trains_under_every_recipe(recipe):
+def test_a_tiny_model_trains_under_every_recipe(recipe, train_losses):
     torch.manual_seed(0)
     model = ConvNet()
     quant.prepare(model, recipe, generator=generator())
     x = torch.randn(4, 3, 16, 16)
     target = (x.mean(1, keepdim=True) > 0).float()
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(15):
-        optimizer.zero_grad()
-        loss = nn.functional.binary_cross_entropy_with_logits(model(x), target)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    bce = nn.functional.binary_cross_entropy_with_logits
+    losses = train_losses(model, x, target, bce, lr=3e-3, steps=15)
     assert losses[-1] < 0.85 * losses[0], losses
 
 

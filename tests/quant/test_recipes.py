@@ -138,7 +138,7 @@ def test_register_rejects_duplicates(ninth):
         register_recipe(Recipe("other", 1, "Other"))
 
 
-def test_a_ninth_recipe_from_data_trains(ninth):
+def test_a_ninth_recipe_from_data_trains(ninth, train_losses):
     """A new recipe is data only: 2D weights, SR on dY everywhere, chain-rule WGRAD input."""
     data = {
         "name": "sr_2d_chain",
@@ -159,14 +159,7 @@ def test_a_ninth_recipe_from_data_trains(ninth):
     model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 16))
     quant.prepare(model, "sr_2d_chain", generator=torch.Generator().manual_seed(0))
     x, target = torch.randn(64, 32), torch.randn(64, 16)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(30):
-        optimizer.zero_grad()
-        loss = nn.functional.mse_loss(model(x), target)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_losses(model, x, target, nn.functional.mse_loss, lr=1e-2, steps=30)
     assert losses[-1] < 0.8 * losses[0]
 
 
