@@ -24,6 +24,7 @@ followed by four 2x transposed-convolution upsamplings back to pixels.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -354,21 +355,40 @@ def require_rate(owner: str, field: str, value: object) -> None:
         raise ValueError(f"{owner}.{field} must be a number in [0, 1), got {value!r}")
 
 
-def check_transformer_fields(owner: str, cfg) -> None:
-    """Validate the fields ViT and Swin configs share (dims NVFP4-tileable, rates in [0, 1))."""
-    require_int(owner, "dim", cfg.dim, multiple=BLOCK)
-    require_int(owner, "depth", cfg.depth)
-    require_int(owner, "heads", cfg.heads)
-    if cfg.dim % cfg.heads:
-        raise ValueError(f"{owner}.dim ({cfg.dim}) must be divisible by heads ({cfg.heads})")
-    if isinstance(cfg.mlp_ratio, bool) or not isinstance(cfg.mlp_ratio, int | float):
-        raise ValueError(f"{owner}.mlp_ratio must be a number, got {cfg.mlp_ratio!r}")
-    hidden = int(cfg.dim * cfg.mlp_ratio)
-    if hidden <= 0 or hidden % BLOCK:
-        raise ValueError(
-            f"{owner}: MLP hidden width dim*mlp_ratio = {cfg.dim}*{cfg.mlp_ratio} = {hidden} must "
-            f"be a positive multiple of {BLOCK} (NVFP4 block size of fc1/fc2)"
-        )
-    require_int(owner, "img_size", cfg.img_size, multiple=PATCH)
-    for field in ("drop_rate", "attn_drop_rate", "drop_path_rate"):
-        require_rate(owner, field, getattr(cfg, field))
+@dataclass(frozen=True)
+class TransformerConfig:
+    """The hyperparameters ViT and Swin share, validated on construction (dims NVFP4-tileable,
+    rates in [0, 1)); errors name the subclass, e.g. ``ViTConfig.dim``."""
+
+    dim: int = 64
+    depth: int = 10
+    heads: int = 2
+    mlp_ratio: float = 3.0
+    img_size: int = 256
+    drop_rate: float = 0.1  # position dropout, attention output projection and MLP
+    attn_drop_rate: float = 0.1  # on the attention probabilities
+    drop_path_rate: float = 0.1  # stochastic depth of the last block
+
+    def __post_init__(self) -> None:
+        owner = type(self).__name__
+        require_int(owner, "dim", self.dim, multiple=BLOCK)
+        require_int(owner, "depth", self.depth)
+        require_int(owner, "heads", self.heads)
+        if self.dim % self.heads:
+            raise ValueError(f"{owner}.dim ({self.dim}) must be divisible by heads ({self.heads})")
+        if isinstance(self.mlp_ratio, bool) or not isinstance(self.mlp_ratio, int | float):
+            raise ValueError(f"{owner}.mlp_ratio must be a number, got {self.mlp_ratio!r}")
+        hidden = int(self.dim * self.mlp_ratio)
+        if hidden <= 0 or hidden % BLOCK:
+            raise ValueError(
+                f"{owner}: MLP hidden width dim*mlp_ratio = {self.dim}*{self.mlp_ratio} = "
+                f"{hidden} must be a positive multiple of {BLOCK} (NVFP4 block size of fc1/fc2)"
+            )
+        require_int(owner, "img_size", self.img_size, multiple=PATCH)
+        for field in ("drop_rate", "attn_drop_rate", "drop_path_rate"):
+            require_rate(owner, field, getattr(self, field))
+
+    @property
+    def hidden(self) -> int:
+        """The MLP's hidden width, dim * mlp_ratio."""
+        return int(self.dim * self.mlp_ratio)

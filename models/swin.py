@@ -61,8 +61,8 @@ from torch import nn
 
 from models.layers import (
     PATCH,
+    TransformerConfig,
     TransformerSegmentationModel,
-    check_transformer_fields,
     require_int,
     resample_pos_embed,
     tokens_to_map,
@@ -73,20 +73,15 @@ MASK_VALUE = -100.0  # the standard Swin region-mask logit: exp(-100) is 0 in fp
 
 
 @dataclass(frozen=True)
-class SwinConfig:
-    dim: int = 64
-    depth: int = 10
+class SwinConfig(TransformerConfig):
+    """The shared transformer fields (4 heads by default), the window and the shift rule."""
+
     heads: int = 4
-    mlp_ratio: float = 3.0
     window: int = 4
-    img_size: int = 256
-    drop_rate: float = 0.1
-    attn_drop_rate: float = 0.1
-    drop_path_rate: float = 0.1
     shift_when_window_covers_grid: bool = True  # the paper's code; see the module docstring
 
     def __post_init__(self) -> None:
-        check_transformer_fields("SwinConfig", self)
+        super().__post_init__()
         require_int("SwinConfig", "window", self.window)
         grid = self.img_size // PATCH
         if grid % self.window:
@@ -100,10 +95,6 @@ class SwinConfig:
                 "SwinConfig.shift_when_window_covers_grid must be True or False, got "
                 f"{self.shift_when_window_covers_grid!r}"
             )
-
-    @property
-    def hidden(self) -> int:
-        return int(self.dim * self.mlp_ratio)
 
 
 # --------------------------------------------------------------------------- window geometry

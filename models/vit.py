@@ -40,30 +40,16 @@ from torch import nn
 
 from models.layers import (
     PATCH,
+    TransformerConfig,
     TransformerSegmentationModel,
-    check_transformer_fields,
     resample_pos_embed,
     tokens_to_map,
 )
 
 
 @dataclass(frozen=True)
-class ViTConfig:
-    dim: int = 64
-    depth: int = 10
-    heads: int = 2
-    mlp_ratio: float = 3.0
-    img_size: int = 256
-    drop_rate: float = 0.1  # position dropout, attention output projection and MLP
-    attn_drop_rate: float = 0.1  # on the attention probabilities
-    drop_path_rate: float = 0.1  # stochastic depth of the last block
-
-    def __post_init__(self) -> None:
-        check_transformer_fields("ViTConfig", self)
-
-    @property
-    def hidden(self) -> int:
-        return int(self.dim * self.mlp_ratio)
+class ViTConfig(TransformerConfig):
+    """The ViT's hyperparameters: exactly the shared transformer fields."""
 
 
 class Attention(nn.Module):
