@@ -72,6 +72,11 @@ def list_scales(arch: str) -> list[str]:
     return list(PRESETS[_check_arch(arch)])
 
 
+def all_scales() -> list[str]:
+    """Every scale preset of any arch, smallest first (each arch has the same ones today)."""
+    return list(dict.fromkeys(scale for presets in PRESETS.values() for scale in presets))
+
+
 def get_config(arch: str, scale: str, **overrides: Any):
     """The validated, frozen config of (arch, scale) with `overrides` applied."""
     spec = ARCHS[_check_arch(arch)]

@@ -4,8 +4,9 @@ One `TrialConfig` is one Ray Tune trial and one MLflow child run. It is built on
 planner, the `train-one` command or a test), validated on construction, saved as JSON beside every
 checkpoint, and never mutated. Two numbers identify it:
 
-- `trial_key` = "{arch}-{scale}-{recipe}-s{seed}-{fold}", the human name of the grid point (Ray
-  trial directory, MLflow run name and tag).
+- `trial_key` = "{arch}-{scale}-{recipe}-s{seed}-{fold}", the human name of the grid point (the
+  ledger's key; `run_key`, the Ray trial directory and MLflow run name and tag, adds an Optuna
+  sample's `sample_suffix`).
 - `config_hash` = sha256 of the canonical JSON (sorted keys, no whitespace) of every field that
   can change a result. Two configs with the same hash must train to the same weights on the same
   device; anything else is a different experiment and the sweep ledger must not mix them.
@@ -30,8 +31,16 @@ name and description inside `recipe_definition`): `num_workers` (augmentation
 is seeded per (seed, epoch, sample), so the number of loader processes cannot change a sample),
 `cache_dir` (where decoded data is kept), `tracking` (where and what is logged, system metrics
 included: a sampler thread reads psutil/NVML counters and never touches the model, the data or
-any random stream), and `test_hooks` (failure injection for the restore tests; never set it in a
-real sweep).
+any random stream), `test_hooks` (failure injection for the restore tests; never set it in a
+real sweep) and `sample_suffix` (which Optuna sample of the grid point this is: its sampled values
+are fields of their own, hashed).
+
+The config is the only contract between the sweep and a trial: Ray Tune carries `to_tune()` (the
+fields and the planned hash, an Optuna sample's values and suffix merged on top), and the worker
+rebuilds it with `from_tune`, refusing a hash its own code computes differently.
+
+The study's vocabulary lives here too: the archs (`ARCHS`, with their optimizer rows), the scales
+(`scales()`, the model registry's presets) and the folds (`folds()`, `N_FOLDS`, `MAX_FOLDS`).
 
 Protocol defaults are the paper's (docs/study.md, "Training"); optimizer, lr and weight decay
 default per arch from `ARCH_DEFAULTS` and can be overridden. Errors name the field:
@@ -60,8 +69,9 @@ from pydantic import (
     model_validator,
 )
 
-ARCHS = ("cnn", "vit_adamw", "vit_adamax", "swin")
-
+# --------------------------------------------------------------------------- the vocabulary
+# The study's arch, scale and fold choices, declared here once; the sweep spec, the analysis, the
+# figures and the command line take them from here.
 
 # Per sweep arch: (optimizer, lr, weight decay, model arch). docs/study.md "Training".
 ARCH_DEFAULTS: dict[str, tuple[str, float, float, str]] = {
@@ -70,9 +80,47 @@ ARCH_DEFAULTS: dict[str, tuple[str, float, float, str]] = {
     "vit_adamax": ("adamax", 5e-4, 0.0, "vit"),
     "swin": ("adamw", 1e-4, 1e-4, "swin"),
 }
+#: The sweep's archs, in the study's order: the ViT twice, once per optimizer.
+ARCHS = tuple(ARCH_DEFAULTS)
+
+#: Folds of k-fold cross-validation: the protocol's count (docs/study.md "Data") is the default;
+#: trainables.splits cuts any count from 2 (given two patients per fold), bounded here at 10.
+N_FOLDS = 5
+MAX_FOLDS = 10
+
+
+def scales(arch: str | None = None) -> tuple[str, ...]:
+    """The model registry's scale presets, smallest first: of a sweep `arch`, or of any arch."""
+    from models.registry import all_scales, list_scales  # torch: only when a scale is checked
+
+    return tuple(all_scales() if arch is None else list_scales(ARCH_DEFAULTS[arch][3]))
+
+
+def folds(n_folds: int = MAX_FOLDS) -> tuple[str, ...]:
+    """The fold choices of a trial: "holdout", or one of `n_folds` cross-validation folds."""
+    return ("holdout", *(f"f{i}" for i in range(n_folds)))
+
+
+#: The axes of the sweep's grid, in the order trials are expanded and keys are written.
+GRID_AXES = ("arch", "scale", "recipe", "seed", "fold")
+
+
+def trial_key(arch: str, scale: str, recipe: str, seed: int, fold: str) -> str:
+    """The human name of a grid point: "{arch}-{scale}-{recipe}-s{seed}-{fold}"."""
+    return f"{arch}-{scale}-{recipe}-s{seed}-{fold}"
+
+
+def check_choice(value: str, valid: tuple[str, ...], what: str) -> str:
+    """`value` if it is one of `valid`, else a ValueError naming the valid choices."""
+    if value not in valid:
+        raise ValueError(f"unknown {what} {value!r}; valid choices: {', '.join(valid)}")
+    return value
+
 
 #: Fields that cannot change a result, hence left out of `config_hash` (see module docstring).
-NOT_HASHED = frozenset({"num_workers", "cache_dir", "tracking", "test_hooks"})
+NOT_HASHED = frozenset({"num_workers", "cache_dir", "tracking", "test_hooks", "sample_suffix"})
+# A recipe's words, not settings: left out of the hash too.
+_RECIPE_WORDS = ("display_name", "description")
 
 
 class ConfigError(ValueError):
@@ -127,7 +175,7 @@ class TrialConfig(_Frozen):
     """Every setting of one training run (see the module docstring for what is hashed)."""
 
     # -- the grid point
-    arch: Literal["cnn", "vit_adamw", "vit_adamax", "swin"]
+    arch: str  # one of ARCHS
     scale: str
     # the full definition first, so that `recipe` is checked against it (filled from the
     # registry for a built-in recipe; a declared recipe's comes from the sweep spec)
@@ -138,7 +186,7 @@ class TrialConfig(_Frozen):
 
     # -- the data
     split_seed: int = 2026
-    n_folds: int = Field(5, ge=2, le=10)
+    n_folds: int = Field(N_FOLDS, ge=2, le=MAX_FOLDS)
     data_path: str | None = None
     data_version: str | None = None  # e.g. a fingerprint of the files; None = the path alone
     synthetic: SyntheticData | None = None
@@ -174,6 +222,8 @@ class TrialConfig(_Frozen):
     cache_dir: str | None = None
     tracking: TrackingConfig | None = None
     test_hooks: TestHooks | None = None
+    # An Optuna sample of the grid point: 8 hex digits of the values it sampled (see `run_key`)
+    sample_suffix: str | None = Field(None, pattern=r"^[0-9a-f]{8}$")
 
     # ------------------------------------------------------------------ validation
 
@@ -202,17 +252,16 @@ class TrialConfig(_Frozen):
         # YAML 1.1 reads a bare `on`/`off` as a boolean.
         return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, arch: str) -> str:
+        return check_choice(arch, ARCHS, "arch")
+
     @field_validator("scale")
     @classmethod
     def _known_scale(cls, scale: str, info) -> str:
-        import models
-
         arch = info.data.get("arch")
-        if arch in ARCH_DEFAULTS:
-            valid = models.list_scales(ARCH_DEFAULTS[arch][3])
-            if scale not in valid:
-                raise ValueError(f"unknown scale {scale!r}; valid choices: {', '.join(valid)}")
-        return scale
+        return scale if arch is None else check_choice(scale, scales(arch), "scale")
 
     @model_validator(mode="before")
     @classmethod
@@ -280,7 +329,7 @@ class TrialConfig(_Frozen):
     def _consistent(self) -> TrialConfig:
         if (self.data_path is None) == (self.synthetic is None):
             raise ValueError("give exactly one of data_path (a kaggle_3m folder) or synthetic")
-        valid_folds = ["holdout", *(f"f{i}" for i in range(self.n_folds))]
+        valid_folds = folds(self.n_folds)
         if self.fold not in valid_folds:
             raise ValueError(f"fold {self.fold!r} is not one of {', '.join(valid_folds)}")
         self._check_backend()
@@ -331,12 +380,18 @@ class TrialConfig(_Frozen):
 
     @property
     def trial_key(self) -> str:
-        return f"{self.arch}-{self.scale}-{self.recipe}-s{self.seed}-{self.fold}"
+        return trial_key(self.arch, self.scale, self.recipe, self.seed, self.fold)
+
+    @property
+    def run_key(self) -> str:
+        """The trial's own name (Ray trial, MLflow run): its grid point's `trial_key`, and for an
+        Optuna sample "-<sample_suffix>" (one grid point, many samples)."""
+        return f"{self.trial_key}-{self.sample_suffix}" if self.sample_suffix else self.trial_key
 
     def result_fields(self) -> dict[str, Any]:
         """The hashed fields, as JSON-ready values (a recipe's display name and description are
         words, not settings: renaming a recipe for a figure does not change its trials)."""
-        words = {"display_name": True, "description": True}
+        words = dict.fromkeys(_RECIPE_WORDS, True)
         return self.model_dump(
             mode="json", exclude={**dict.fromkeys(NOT_HASHED, True), "recipe_definition": words}
         )
@@ -385,6 +440,70 @@ class TrialConfig(_Frozen):
     def replace(self, **changes: Any) -> TrialConfig:
         """A validated copy with some fields changed."""
         return type(self).from_fields({**self.to_dict(), **changes})
+
+    # ------------------------------------------------------------------ across Ray Tune
+
+    def to_tune(self) -> dict[str, Any]:
+        """What a Ray Tune trial carries, under TUNE_KEY: every field, and the hash the driver
+        planned (a worker whose code hashes the fields differently refuses it: `from_tune`)."""
+        return {**self.to_dict(), TUNE_HASH: self.config_hash}
+
+    @classmethod
+    def from_tune(cls, tune_config: dict[str, Any]) -> TrialConfig:
+        """The TrialConfig of a Ray Tune trial's config, ``{TUNE_KEY: to_tune()}`` with an Optuna
+        sample's values merged on top (they change the hash, which is then not checked)."""
+        fields = tune_config.get(TUNE_KEY)
+        if not isinstance(fields, dict):
+            raise ConfigError(f"tune config: no {TUNE_KEY!r} mapping (TrialConfig.to_tune())")
+        fields = dict(fields)
+        planned = fields.pop(TUNE_HASH, None)
+        trial = cls.from_fields(fields, source="tune config")
+        if trial.sample_suffix is None and planned not in (None, trial.config_hash):
+            raise ConfigError(
+                f"tune config: planned config_hash {planned!r} does not match the config's "
+                f"{trial.config_hash!r} (the sweep and the workers run different code?)"
+            )
+        return trial
+
+
+#: A Ray Tune trial's config is {TUNE_KEY: TrialConfig.to_tune()}: one key, so that a grid of
+#: whole configs is one `tune.grid_search`, and an Optuna sample's fields merge into it.
+TUNE_KEY = "trial"
+#: The key beside the fields in `TrialConfig.to_tune()`: the config hash the driver planned.
+TUNE_HASH = "config_hash"
+
+
+def sample_suffix(sampled: dict[str, Any]) -> str:
+    """8 hex digits naming an Optuna sample by the values it sampled (`TrialConfig.run_key`)."""
+    canonical = json.dumps(sampled, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:8]
+
+
+def config_diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{field: (old value, new value)} of the result-affecting settings that differ between two
+    configs, as dicts (one may have been saved by another code version); nested fields dotted,
+    sorted by name. What the hash leaves out (NOT_HASHED, a recipe's words) is left out."""
+    return dict(sorted(_diff(_hashed_view(old), _hashed_view(new)).items()))
+
+
+def _hashed_view(config: dict[str, Any]) -> dict[str, Any]:
+    view = {k: v for k, v in config.items() if k not in NOT_HASHED}
+    if isinstance(view.get("recipe_definition"), dict):
+        words = set(_RECIPE_WORDS)
+        definition = view["recipe_definition"]
+        view["recipe_definition"] = {k: v for k, v in definition.items() if k not in words}
+    return view
+
+
+def _diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> dict[str, tuple]:
+    changed = {}
+    for key in old.keys() | new.keys():
+        a, b, name = old.get(key), new.get(key), f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed |= _diff(a, b, name + ".")
+        elif a != b:
+            changed[name] = (a, b)
+    return changed
 
 
 @functools.cache
