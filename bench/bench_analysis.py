@@ -30,7 +30,7 @@ import numpy as np
 
 from quant.recipes import PAPER_RECIPES
 from sweep.plan import plan_row
-from trainables.config import ARCHS, N_FOLDS, scales
+from trainables.vocabulary import ARCHS, N_FOLDS, scales
 
 SWEEP = "bench-analysis"
 SCALES = tuple(s for s in scales() if s != "tiny")  # the paper's three

@@ -62,7 +62,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from trainables.config import ARCHS, scales
+from trainables.vocabulary import ARCHS, scales
 
 BASELINE = "baseline"
 METRICS = ("test_auprc", "val_auprc")

@@ -40,7 +40,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter, NullLocator
 
 from sweep.analysis import BASELINE, FINISHED, Analysis, ordered
-from trainables.config import ARCHS, scales
+from trainables.vocabulary import ARCHS, scales
 
 FORMATS = ("png", "pdf")
 DPI = 110

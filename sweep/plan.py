@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from sweep.spec import SpecError, SweepSpec
-from trainables.config import GRID_AXES, TrialConfig, trial_key
+from trainables.config import TrialConfig
+from trainables.vocabulary import GRID_AXES, trial_key
 
 # The paper's runs took about 9 GPU-minutes each (100 epochs at 256 px on the full LGG set);
 # the estimate scales that by epochs and pixels. It is a rough budget, not a promise.

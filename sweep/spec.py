@@ -62,7 +62,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from trainables.config import ARCHS, MAX_FOLDS, N_FOLDS, SyntheticData, folds, scales
+from trainables.config import SyntheticData
+from trainables.vocabulary import ARCHS, MAX_FOLDS, N_FOLDS, folds, scales
 
 if TYPE_CHECKING:
     from sweep.storage import SweepStore

@@ -39,8 +39,7 @@ The config is the only contract between the sweep and a trial: Ray Tune carries 
 fields and the planned hash, an Optuna sample's values and suffix merged on top), and the worker
 rebuilds it with `from_tune`, refusing a hash its own code computes differently.
 
-The study's vocabulary lives here too: the archs (`ARCHS`, with their optimizer rows), the scales
-(`scales()`, the model registry's presets) and the folds (`folds()`, `N_FOLDS`, `MAX_FOLDS`).
+The arch, scale and fold choices are the study's vocabulary (trainables.vocabulary).
 
 Protocol defaults are the paper's (docs/study.md, "Training"); optimizer, lr and weight decay
 default per arch from `ARCH_DEFAULTS` and can be overridden. Errors name the field:
@@ -69,53 +68,16 @@ from pydantic import (
     model_validator,
 )
 
-# --------------------------------------------------------------------------- the vocabulary
-# The study's arch, scale and fold choices, declared here once; the sweep spec, the analysis, the
-# figures and the command line take them from here.
-
-# Per sweep arch: (optimizer, lr, weight decay, model arch). docs/study.md "Training".
-ARCH_DEFAULTS: dict[str, tuple[str, float, float, str]] = {
-    "cnn": ("adamax", 5e-4, 0.0, "cnn"),
-    "vit_adamw": ("adamw", 1e-4, 1e-4, "vit"),
-    "vit_adamax": ("adamax", 5e-4, 0.0, "vit"),
-    "swin": ("adamw", 1e-4, 1e-4, "swin"),
-}
-#: The sweep's archs, in the study's order: the ViT twice, once per optimizer.
-ARCHS = tuple(ARCH_DEFAULTS)
-
-#: Folds of k-fold cross-validation: the protocol's count (docs/study.md "Data") is the default;
-#: trainables.splits cuts any count from 2 (given two patients per fold), bounded here at 10.
-N_FOLDS = 5
-MAX_FOLDS = 10
-
-
-def scales(arch: str | None = None) -> tuple[str, ...]:
-    """The model registry's scale presets, smallest first: of a sweep `arch`, or of any arch."""
-    from models.registry import all_scales, list_scales  # torch: only when a scale is checked
-
-    return tuple(all_scales() if arch is None else list_scales(ARCH_DEFAULTS[arch][3]))
-
-
-def folds(n_folds: int = MAX_FOLDS) -> tuple[str, ...]:
-    """The fold choices of a trial: "holdout", or one of `n_folds` cross-validation folds."""
-    return ("holdout", *(f"f{i}" for i in range(n_folds)))
-
-
-#: The axes of the sweep's grid, in the order trials are expanded and keys are written.
-GRID_AXES = ("arch", "scale", "recipe", "seed", "fold")
-
-
-def trial_key(arch: str, scale: str, recipe: str, seed: int, fold: str) -> str:
-    """The human name of a grid point: "{arch}-{scale}-{recipe}-s{seed}-{fold}"."""
-    return f"{arch}-{scale}-{recipe}-s{seed}-{fold}"
-
-
-def check_choice(value: str, valid: tuple[str, ...], what: str) -> str:
-    """`value` if it is one of `valid`, else a ValueError naming the valid choices."""
-    if value not in valid:
-        raise ValueError(f"unknown {what} {value!r}; valid choices: {', '.join(valid)}")
-    return value
-
+from trainables.vocabulary import (
+    ARCH_DEFAULTS,
+    ARCHS,
+    MAX_FOLDS,
+    N_FOLDS,
+    check_choice,
+    folds,
+    scales,
+    trial_key,
+)
 
 #: Fields that cannot change a result, hence left out of `config_hash` (see module docstring).
 NOT_HASHED = frozenset({"num_workers", "cache_dir", "tracking", "test_hooks", "sample_suffix"})

@@ -41,10 +41,11 @@ import ray.tune
 import torch
 
 from trainables.checkpoint import restore_newest_intact
-from trainables.config import GRID_AXES, TUNE_KEY, TrialConfig, trial_key
+from trainables.config import TUNE_KEY, TrialConfig
 from trainables.failures import FailedForGood, classify, mark_failed, read_mark
 from trainables.loop import TRACKING_DIR, Callback, run_tracked
 from trainables.scratch import scratch_dir
+from trainables.vocabulary import GRID_AXES, trial_key
 
 
 class TuneReporter(Callback):

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from sweep.plan import plan_row
-from trainables.config import trial_key
+from trainables.vocabulary import trial_key
 
 COMPLETE, INCOMPLETE = "analysis-complete", "analysis-incomplete"
 RECIPES = {"baseline": 0, "nvfp4": 1, "2d_rht_sr": 5}

@@ -95,7 +95,7 @@ def test_bad_specs_name_the_field(raw, expected):
 
 def test_spec_and_trial_config_share_the_vocabulary():
     """The spec's choices and bounds are the trial config's (trainables.config)."""
-    from trainables.config import ARCHS, MAX_FOLDS, folds, scales
+    from trainables.vocabulary import ARCHS, MAX_FOLDS, folds, scales
 
     kfold = {"data__split": "kfold", "data__n_folds": MAX_FOLDS}
     spec = parse_spec(_with(grid__arch=list(ARCHS), grid__fold=list(folds()[1:]), **kfold))

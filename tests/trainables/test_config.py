@@ -7,7 +7,6 @@ import json
 import pytest
 
 from trainables.config import (
-    ARCH_DEFAULTS,
     NOT_HASHED,
     TUNE_KEY,
     ConfigError,
@@ -15,6 +14,7 @@ from trainables.config import (
     config_diff,
     sample_suffix,
 )
+from trainables.vocabulary import ARCH_DEFAULTS
 
 BASE = {"arch": "cnn", "scale": "tiny", "recipe": "baseline", "seed": 2026, "synthetic": {}}
 
