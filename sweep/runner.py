@@ -11,8 +11,11 @@
 4. Trials of the plan that are neither finished nor in that experiment (new seeds or recipes added
    to the spec) run in a new experiment.
 
-The driver records every trial that ends in the ledger as it ends, so killing the driver at any
-point loses nothing that finished. One driver runs a sweep at a time: it holds the sweep's lock
+A Ray trial carries its whole TrialConfig, the sweep's tracking settings included
+(`TrialConfig.to_tune()`; an Optuna sample's values and `sample_suffix` merged on top), and
+everything that reads a trial (the trainable, the trial names, the ledger and progress callbacks)
+reads it back as a TrialConfig. The driver records every trial that ends in the ledger as it
+ends, so killing the driver at any point loses nothing that finished. One driver runs a sweep at a time: it holds the sweep's lock
 (`sweep.lock`) from before its first write to its exit.
 """
 
