@@ -377,19 +377,6 @@ class TrialConfig(_Frozen):
         return path
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "trial config") -> TrialConfig:
-        return cls.from_fields(data, source=source)
-
-    @classmethod
-    def from_json(cls, text: str, source: str = "trial config") -> TrialConfig:
-        return cls.from_fields(json.loads(text), source=source)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> TrialConfig:
-        path = Path(path)
-        return cls.from_json(path.read_text(), source=str(path))
-
-    @classmethod
     def from_fields(cls, fields: dict[str, Any], source: str = "trial config") -> TrialConfig:
         """Validate `fields`; a failure raises ConfigError naming `source` and every field."""
         if not isinstance(fields, dict):
