@@ -17,6 +17,7 @@ The sweep's two ViT variants (vit_adamw, vit_adamax) differ only in the optimize
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -100,6 +101,17 @@ def build_model(arch: str, scale: str, **overrides: Any) -> nn.Module:
     under ``with torch.device("meta"):`` to inspect shapes and counts without allocating.
     """
     return ARCHS[_check_arch(arch)].build(get_config(arch, scale, **overrides))
+
+
+@functools.cache
+def quantized_layer_kinds(arch: str) -> frozenset[str]:
+    """{"linear", "conv"}: the kinds of layer a recipe quantizes in `arch` (any scale)."""
+    from models.layers import quantized_layers
+
+    model = build_model(arch, list_scales(arch)[0])
+    return frozenset(
+        "linear" if isinstance(m, nn.Linear) else "conv" for m in quantized_layers(model).values()
+    )
 
 
 def _check_arch(arch: str) -> str:

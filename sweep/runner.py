@@ -15,8 +15,8 @@ A Ray trial carries its whole TrialConfig, the sweep's tracking settings include
 (`TrialConfig.to_tune()`; an Optuna sample's values and `sample_suffix` merged on top), and
 everything that reads a trial (the trainable, the trial names, the ledger and progress callbacks)
 reads it back as a TrialConfig. The driver records every trial that ends in the ledger as it
-ends, so killing the driver at any point loses nothing that finished. One driver runs a sweep at a time: it holds the sweep's lock
-(`sweep.lock`) from before its first write to its exit.
+ends, so killing the driver at any point loses nothing that finished. One driver runs a sweep at a
+time: it holds the sweep's lock (`sweep.lock`) from before its first write to its exit.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ from sweep.spec import SearchParam, SearchSpec, SpecError, SweepSpec, resolve_st
 from sweep.stopping import graceful_stop
 from sweep.storage import SweepStore, filesystem_for
 from sweep.sync import keep_parent_status, outbox_uri, short_http_retries, sync_outbox
-from trainables.config import TUNE_KEY, TrackingConfig, TrialConfig, sample_suffix
+from trainables.config import TUNE_KEY, TrackingConfig, TrialConfig
+from trainables.vocabulary import sample_suffix
 
 TRAINABLE_ENV = {"NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
 

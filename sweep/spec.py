@@ -62,7 +62,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from trainables.config import SyntheticData
+from trainables.config import SyntheticData, field_errors
 from trainables.vocabulary import ARCHS, MAX_FOLDS, N_FOLDS, folds, scales
 
 if TYPE_CHECKING:
@@ -283,13 +283,7 @@ def parse_spec(raw: dict, source: str = "<spec>") -> SweepSpec:
     try:
         return SweepSpec.model_validate(raw, context=context)
     except ValidationError as err:
-        lines = [f"{source}: invalid sweep spec"]
-        for e in err.errors():
-            where = ".".join(str(p) for p in e["loc"]) or "(top level)"
-            msg = e["msg"].removeprefix("Value error, ")
-            if e["type"] == "extra_forbidden":
-                msg = "unknown key"
-            lines.append(f"  {where}: {msg}")
+        lines = [f"{source}: invalid sweep spec", *field_errors(err, "(top level)", "unknown key")]
         raise SpecError("\n".join(lines)) from None
 
 

@@ -37,9 +37,8 @@ are fields of their own, hashed).
 
 The config is the only contract between the sweep and a trial: Ray Tune carries `to_tune()` (the
 fields and the planned hash, an Optuna sample's values and suffix merged on top), and the worker
-rebuilds it with `from_tune`, refusing a hash its own code computes differently.
-
-The arch, scale and fold choices are the study's vocabulary (trainables.vocabulary).
+rebuilds it with `from_tune`, refusing a hash its own code computes differently. The arch, scale
+and fold choices are the study's vocabulary (trainables.vocabulary).
 
 Protocol defaults are the paper's (docs/study.md, "Training"); optimizer, lr and weight decay
 default per arch from `ARCH_DEFAULTS` and can be overridden. Errors name the field:
@@ -299,6 +298,7 @@ class TrialConfig(_Frozen):
 
     def _check_backend(self) -> None:
         """Refuse, at plan time, what a backend cannot run (the reason is TE's or the layer's)."""
+        from models.registry import quantized_layer_kinds
         from quant.recipes import SLOTS
         from quant.te import check_te_trial
 
@@ -404,9 +404,8 @@ class TrialConfig(_Frozen):
         fields = tune_config.get(TUNE_KEY)
         if not isinstance(fields, dict):
             raise ConfigError(f"tune config: no {TUNE_KEY!r} mapping (TrialConfig.to_tune())")
-        fields = dict(fields)
-        planned = fields.pop(TUNE_HASH, None)
-        trial = cls.from_fields(fields, source="tune config")
+        planned = fields.get(TUNE_HASH)
+        trial = cls.from_fields({k: v for k, v in fields.items() if k != TUNE_HASH}, "tune config")
         if trial.sample_suffix is None and planned not in (None, trial.config_hash):
             raise ConfigError(
                 f"tune config: planned config_hash {planned!r} does not match the config's "
@@ -420,12 +419,6 @@ class TrialConfig(_Frozen):
 TUNE_KEY = "trial"
 #: The key beside the fields in `TrialConfig.to_tune()`: the config hash the driver planned.
 TUNE_HASH = "config_hash"
-
-
-def sample_suffix(sampled: dict[str, Any]) -> str:
-    """8 hex digits naming an Optuna sample by the values it sampled (`TrialConfig.run_key`)."""
-    canonical = json.dumps(sampled, sort_keys=True, default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:8]
 
 
 def config_diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
@@ -455,32 +448,21 @@ def _diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> dict[st
     return changed
 
 
-@functools.cache
-def quantized_layer_kinds(model_arch: str) -> frozenset[str]:
-    """{"linear", "conv"}: the kinds of layer a recipe quantizes in `model_arch` (any scale)."""
-    from torch import nn
-
-    import models
-    from models.layers import quantized_layers
-
-    model = models.build_model(model_arch, models.list_scales(model_arch)[0])
-    return frozenset(
-        "linear" if isinstance(m, nn.Linear) else "conv" for m in quantized_layers(model).values()
-    )
-
-
 def _describe(err: ValidationError, source: str) -> str:
-    lines = [
-        "invalid trial config" if source == "trial config" else f"{source}: invalid trial config"
-    ]
-    valid_keys = ", ".join(TrialConfig.model_fields)
+    head = "invalid trial config" if source == "trial config" else f"{source}: invalid trial config"
+    unknown = f"unknown key; valid keys: {', '.join(TrialConfig.model_fields)}"
+    return "\n".join([head, *field_errors(err, "(config)", unknown)])
+
+
+def field_errors(err: ValidationError, top: str, unknown_key: str) -> list[str]:
+    """One line per error of `err`, "  <dotted field>: <message>" (`top` for the whole model,
+    `unknown_key` for a key the model does not have): the trial config's and the spec's."""
+    lines = []
     for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "(config)"
+        where = ".".join(str(p) for p in e["loc"]) or top
         msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = f"unknown key; valid keys: {valid_keys}"
-        lines.append(f"  {where}: {msg}")
-    return "\n".join(lines)
+        lines.append(f"  {where}: {unknown_key if e['type'] == 'extra_forbidden' else msg}")
+    return lines
 
 
 @functools.cache

@@ -10,10 +10,15 @@ take them from here:
 - folds (`folds()`): "holdout", or f0, f1, ... of k-fold cross-validation, the protocol's 5 by
   default (`N_FOLDS`, docs/study.md "Data"); trainables.splits cuts any count from 2 (two
   patients per fold), bounded at `MAX_FOLDS`;
-- a grid point's `trial_key`: "{arch}-{scale}-{recipe}-s{seed}-{fold}", over `GRID_AXES`.
+- a grid point's `trial_key`: "{arch}-{scale}-{recipe}-s{seed}-{fold}", over `GRID_AXES`; an
+  Optuna sample of it adds `sample_suffix`, 8 hex digits of the values it sampled.
 """
 
 from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
 
 # Per sweep arch: (optimizer, lr, weight decay, model arch). docs/study.md "Training".
 ARCH_DEFAULTS: dict[str, tuple[str, float, float, str]] = {
@@ -47,6 +52,12 @@ def folds(n_folds: int = MAX_FOLDS) -> tuple[str, ...]:
 def trial_key(arch: str, scale: str, recipe: str, seed: int, fold: str) -> str:
     """The human name of a grid point: "{arch}-{scale}-{recipe}-s{seed}-{fold}"."""
     return f"{arch}-{scale}-{recipe}-s{seed}-{fold}"
+
+
+def sample_suffix(sampled: dict[str, Any]) -> str:
+    """8 hex digits naming an Optuna sample by the values it sampled (`TrialConfig.run_key`)."""
+    canonical = json.dumps(sampled, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:8]
 
 
 def check_choice(value: str, valid: tuple[str, ...], what: str) -> str:

@@ -13,7 +13,8 @@ from sweep.plan import expand
 from sweep.progress import LedgerCallback, ProgressCallback
 from sweep.runner import OptunaSpace, _trial_name, _tune_fields, open_store, trial_tracking
 from sweep.spec import parse_spec
-from trainables.config import TUNE_KEY, TrialConfig, sample_suffix
+from trainables.config import TUNE_KEY, TrialConfig
+from trainables.vocabulary import sample_suffix
 
 RAW = {
     "name": "contract",

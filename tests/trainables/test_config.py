@@ -12,9 +12,8 @@ from trainables.config import (
     ConfigError,
     TrialConfig,
     config_diff,
-    sample_suffix,
 )
-from trainables.vocabulary import ARCH_DEFAULTS
+from trainables.vocabulary import ARCH_DEFAULTS, sample_suffix
 
 BASE = {"arch": "cnn", "scale": "tiny", "recipe": "baseline", "seed": 2026, "synthetic": {}}
 
