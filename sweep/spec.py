@@ -8,7 +8,7 @@ and every error names the field (as a dotted path) and, for choices, the valid v
       path: /data/kaggle_3m          # the LGG kaggle_3m folder, or leave out and use `synthetic`
       synthetic: {patients: 12, size: 64, seed: 0}
       split: holdout                 # holdout | kfold
-      n_folds: 5
+      n_folds: 5                     # the protocol's 5; 2 to 10 (trainables.vocabulary)
       split_seed: 2026
       image_size: 64
     recipes:                         # optional: recipes declared here (usable in grid.recipe)
