@@ -19,7 +19,7 @@ image size; augmentation on/off), the whole protocol (epochs, batch size, optimi
 decay, gradient clipping, plateau scheduler, early stopping, loss weights and Tversky parameters,
 logit clamp, precision, backend, compile: a compiled step quantizes bit for bit as eager code,
 but its fp32 sums may run in another order), the model overrides, and the code version (package
-version + git sha).
+version + git sha: trainables.code_version).
 
 `backend` is "emulated" (quant.prepare: every layer kind, every recipe, any device) or "te"
 (Transformer Engine on a Blackwell GPU: ViT/Swin Linear layers through transformer_engine.pytorch,
@@ -50,11 +50,9 @@ default per arch from `ARCH_DEFAULTS` and can be overridden. Errors name the fie
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
-import subprocess
 from pathlib import Path
 from typing import Any, Literal
 
@@ -67,6 +65,7 @@ from pydantic import (
     model_validator,
 )
 
+from trainables.code_version import code_version
 from trainables.vocabulary import (
     ARCH_DEFAULTS,
     ARCHS,
@@ -463,30 +462,3 @@ def field_errors(err: ValidationError, top: str, unknown_key: str) -> list[str]:
         msg = e["msg"].removeprefix("Value error, ")
         lines.append(f"  {where}: {unknown_key if e['type'] == 'extra_forbidden' else msg}")
     return lines
-
-
-@functools.cache
-def code_version() -> str:
-    """Package version, plus "+g<sha>" when the code runs from a git checkout."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        base = version("nvfp4-sweep")
-    except PackageNotFoundError:
-        base = "0.0.0+unknown"
-    sha = _git_sha(Path(__file__).resolve().parent)
-    return f"{base}+g{sha[:12]}" if sha else base
-
-
-def _git_sha(where: Path) -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(where), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
