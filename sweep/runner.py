@@ -22,7 +22,6 @@ time: it holds the sweep's lock (`sweep.lock`) from before its first write to it
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -164,33 +163,20 @@ def _start_parent_run(uri: str, spec: SweepSpec, plan: Plan) -> str | None:
     """The sweep's parent run (trainables.mlflow_store), with its spec, plan and versions."""
     import sweep
     from trainables import mlflow_schema as schema
+    from trainables.code_version import git_sha
     from trainables.mlflow_store import log_sweep_plan, start_sweep_run
 
+    # The trials' tag is the same commit cut the same way: the two compare by equality.
+    sha = schema.short_sha(git_sha(Path(__file__).resolve().parent))
     tags = {
         schema.SWEEP_TAG: spec.name,
-        "git_sha": schema.short_sha(_git_sha()),  # as the trials' tag: comparable by equality
+        "git_sha": sha,
         "package_version": sweep.__version__,
     }
     params = {"trials": len(plan.trials), "storage": spec.resolved_storage()}
     run_id = start_sweep_run(uri, spec.name, tags=tags, params=params)
     log_sweep_plan(uri, run_id, plan=plan.to_rows(), spec_yaml=spec_to_yaml(spec))
     return run_id
-
-
-def _git_sha() -> str | None:
-    import subprocess
-
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).resolve().parent,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
 
 
 # --------------------------------------------------------------------------- Ray Tune

@@ -72,7 +72,7 @@ def test_the_note_names_the_sweep_grid_data_storage_and_status():
 def test_the_parent_run_keeps_spec_plan_versions_and_the_trials_git_sha(tmp_path):
     from sweep import runner
     from sweep.storage import SweepStore
-    from trainables.config import code_version
+    from trainables.code_version import code_version
 
     uri = os.environ["MLFLOW_TRACKING_URI"]
     spec, plan = spec_and_plan(name="notes-parent", storage=str(tmp_path))
