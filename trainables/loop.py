@@ -570,7 +570,7 @@ def build_tracker(config: TrialConfig, checkpoint_dir: Path):
     sha = config.code_version.partition("+g")[2]
     tags = {
         "sweep": config.tracking.experiment,
-        "trial_key": config.trial_key,
+        "trial_key": config.run_key,  # a search sample's own key, else the grid point's
         "arch": config.arch,
         "scale": config.scale,
         "recipe": config.recipe,
@@ -582,7 +582,7 @@ def build_tracker(config: TrialConfig, checkpoint_dir: Path):
         "git_sha": sha or "unknown",
         **config.tracking.tags,
     }
-    params = config.model_dump(mode="json", exclude={"tracking", "test_hooks"})
+    params = config.model_dump(mode="json", exclude={"tracking", "test_hooks", "sample_suffix"})
     keep_pending = None
     if config.tracking.outbox:
         from trainables.outbox import Outbox, keeper
@@ -594,7 +594,7 @@ def build_tracker(config: TrialConfig, checkpoint_dir: Path):
     tracker = TrialTracker(
         tracking_uri=config.tracking.tracking_uri,
         experiment=config.tracking.experiment,
-        trial_key=tags["trial_key"],  # a search sample's own key, else the grid point's
+        trial_key=tags["trial_key"],
         tags=tags,
         params=params,
         buffer_dir=checkpoint_dir / TRACKING_DIR,

@@ -9,8 +9,7 @@ import os
 
 import pytest
 
-from trainables.config import ConfigError, TrialConfig
-from trainables.trainable import config_from_tune
+from trainables.config import TUNE_KEY, TrialConfig
 
 EPOCHS = 3
 FAIL_AT = 2
@@ -33,44 +32,13 @@ def trial_config(tmp_path, recipe: str, **changes) -> TrialConfig:
     )
 
 
-def payload(config: TrialConfig, tracking: dict | None = None) -> dict:
-    """The sweep runner's per-trial payload (sweep/runner.py)."""
-    return {
-        "trial_key": config.trial_key,
-        "trial": config.to_dict(),
-        "config_hash": config.config_hash,
-        "tracking": tracking,
-        "save_weights": False,
-    }
+def tune_fields(config: TrialConfig, tracking: dict | None = None) -> dict:
+    """What the sweep runner hands Ray Tune for one trial (sweep/runner.py): the whole config."""
+    return config.replace(tracking=tracking).to_tune()
 
 
-def test_config_from_a_flat_dict_or_a_payload(tmp_path):
-    config = trial_config(tmp_path, "baseline")
-    assert config_from_tune(config.to_dict()) == config
-    tracking = {"uri": "sqlite:///x.db", "experiment": "sw", "parent_run_id": "p1"}
-    got = config_from_tune({"trial": payload(config, tracking)})
-    assert got.config_hash == config.config_hash
-    assert (got.tracking.tracking_uri, got.tracking.experiment, got.tracking.parent_run_id) == (
-        "sqlite:///x.db",
-        "sw",
-        "p1",
-    )
-
-
-def test_sampled_values_override_the_payload(tmp_path):
-    config = trial_config(tmp_path, "baseline")
-    got = config_from_tune({"trial": payload(config), "lr": 3e-4, "weight_decay": 0.01})
-    assert (got.lr, got.weight_decay) == (3e-4, 0.01)
-    assert got.trial_key == config.trial_key and got.config_hash != config.config_hash
-
-
-def test_a_payload_that_disagrees_with_its_config_is_refused(tmp_path):
-    config = trial_config(tmp_path, "baseline")
-    bad = {**payload(config), "config_hash": "0" * 64}
-    with pytest.raises(ConfigError, match="config_hash"):
-        config_from_tune({"trial": bad})
-    with pytest.raises(ConfigError, match="arch"):
-        config_from_tune({"trial": {**payload(config), "trial": {**config.to_dict(), "arch": "x"}}})
+def key_of(tune_config: dict) -> str:
+    return TrialConfig.from_tune(tune_config).trial_key
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +60,7 @@ class ResultLog:
             def on_trial_result(self, iteration, trials, trial, result, **info):
                 keep = ("epoch", "done", "pid", "threads", "val_loss")
                 row = {
-                    "trial_key": trial.config["trial"]["trial_key"],
+                    "trial_key": key_of(trial.config),
                     **{k: result.get(k) for k in keep},
                 }
                 with open(path, "a") as f:
@@ -112,7 +80,7 @@ def test_two_trials_with_an_injected_failure_resume_exactly(local_ray, tmp_path)
     from trainables.trainable import train_trial
 
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracking = {"uri": tracking_uri, "experiment": "ray-test", "parent_run_id": None}
+    tracking = {"tracking_uri": tracking_uri, "experiment": "ray-test"}
     # The driver creates the store first, as the sweep runner does with its parent run: two trial
     # processes creating a fresh sqlite store at once race in MLflow's schema migration.
     client = MlflowClient(tracking_uri)
@@ -123,7 +91,9 @@ def test_two_trials_with_an_injected_failure_resume_exactly(local_ray, tmp_path)
     tuner = tune.Tuner(
         tune.with_resources(train_trial, {"cpu": 1}),
         param_space={
-            "trial": tune.grid_search([payload(flaky, tracking), payload(steady, tracking)])
+            TUNE_KEY: tune.grid_search(
+                [tune_fields(flaky, tracking), tune_fields(steady, tracking)]
+            )
         },
         run_config=tune.RunConfig(
             name="trainable-test",
@@ -137,7 +107,7 @@ def test_two_trials_with_an_injected_failure_resume_exactly(local_ray, tmp_path)
     assert not results.errors, results.errors
 
     rows = [json.loads(line) for line in log.read_text().splitlines()]
-    by_key = {r.config["trial"]["trial_key"]: r for r in results}
+    by_key = {key_of(r.config): r for r in results}
     assert set(by_key) == {flaky.trial_key, steady.trial_key}
     for key, result in by_key.items():
         reported = [r for r in rows if r["trial_key"] == key]

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.trainables.test_trainable_ray import ResultLog, payload, trial_config
+from tests.trainables.test_trainable_ray import ResultLog, key_of, trial_config, tune_fields
+from trainables.config import TUNE_KEY
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -49,7 +50,7 @@ class KillAfterEpoch:
 
         class _Kill(tune.Callback):
             def on_trial_result(self, iteration, trials, trial, result, **info):
-                if trial.config["trial"]["trial_key"] != trial_key or record.exists():
+                if key_of(trial.config) != trial_key or record.exists():
                     return
                 if result.get("epoch") != epoch or result.get("done"):
                     return
@@ -72,7 +73,7 @@ def test_nan_fails_for_good_and_a_killed_trial_resumes_past_a_corrupt_checkpoint
     from trainables.trainable import train_trial
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracking = {"uri": uri, "experiment": "failures", "parent_run_id": None}
+    tracking = {"tracking_uri": uri, "experiment": "failures"}
     client = MlflowClient(uri)
     get_or_create_experiment(client, "failures")
     diverging = trial_config(tmp_path, "baseline", lr=1e30, epochs=EPOCHS)
@@ -82,7 +83,9 @@ def test_nan_fails_for_good_and_a_killed_trial_resumes_past_a_corrupt_checkpoint
     results = tune.Tuner(
         tune.with_resources(train_trial, {"cpu": 1}),
         param_space={
-            "trial": tune.grid_search([payload(diverging, tracking), payload(killed, tracking)])
+            TUNE_KEY: tune.grid_search(
+                [tune_fields(diverging, tracking), tune_fields(killed, tracking)]
+            )
         },
         run_config=tune.RunConfig(
             name="failures",
@@ -97,7 +100,7 @@ def test_nan_fails_for_good_and_a_killed_trial_resumes_past_a_corrupt_checkpoint
             verbose=0,
         ),
     ).fit()
-    by_key = {r.config["trial"]["trial_key"]: r for r in results}
+    by_key = {key_of(r.config): r for r in results}
     rows = [json.loads(line) for line in log.read_text().splitlines()]
 
     # The NaN: failed with its reason, and the retry Ray gave it did not train.
