@@ -25,7 +25,10 @@ and every error names the field (as a dotted path) and, for choices, the valid v
     protocol: {epochs: 3, batch_size: 8}     # overrides of the paper's training protocol, and
                                      # compile: auto | on | off (torch.compile the step;
                                      # auto: on CUDA only; a bare on/off reads as a boolean),
-                                     # backend: emulated | te (see trainables.config)
+                                     # backend: emulated | te (see trainables.config),
+                                     # callbacks: ["pkg.module:factory", {path, args}]
+                                     # (loop callbacks each trial imports; not hashed:
+                                     # trainables.callbacks)
     model_overrides: {}              # passed to models.build_model (e.g. swin shift option)
     resources: {cpus_per_trial: 1, gpus_per_trial: 0.25, max_concurrent: 4,
                 pending_warning_s: 300}   # say why a trial waits longer than this
@@ -62,6 +65,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from trainables.config import SyntheticData
+
 ARCHS = ("cnn", "vit_adamw", "vit_adamax", "swin")
 SCALES = ("tiny", "500k", "4m", "15m")
 FOLDS = ("holdout", "f0", "f1", "f2", "f3", "f4")
@@ -73,13 +78,6 @@ class SpecError(ValueError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SyntheticData(_Strict):
-    patients: int = Field(12, ge=3)
-    size: int = Field(64, ge=16)
-    seed: int = 0
-    slices_per_patient: int = Field(16, ge=2)
 
 
 class DataSpec(_Strict):
