@@ -111,10 +111,11 @@ def test_structural_problems_raise_before_decoding(root, tmp_path):
 
 def test_default_directory_follows_the_environment(root, tmp_path, monkeypatch):
     monkeypatch.setenv("SWEEP_DATA_CACHE", str(tmp_path / "env-cache"))
-    assert cache.default_cache_dir() == tmp_path / "env-cache"
-    assert cache.open_cache(root, SIZE).path.parent == tmp_path / "env-cache"
+    assert cache.cache_root() == tmp_path / "env-cache"
+    assert cache.cache_root(tmp_path / "mine") == tmp_path / "mine"  # a trial's cache_dir first
+    assert cache.open_cache(root, SIZE).path.parent == tmp_path / "env-cache" / "data"
     monkeypatch.delenv("SWEEP_DATA_CACHE")
-    assert cache.default_cache_dir() == Path.home() / ".cache" / "nvfp4-sweep" / "data"
+    assert cache.cache_root() == Path.home() / ".cache" / "nvfp4-sweep"
 
 
 def test_pickling_does_not_copy_the_arrays(root, tmp_path):
