@@ -30,8 +30,8 @@ name and description inside `recipe_definition`): `num_workers` (augmentation
 is seeded per (seed, epoch, sample), so the number of loader processes cannot change a sample),
 `cache_dir` (where decoded data is kept), `tracking` (where and what is logged, system metrics
 included: a sampler thread reads psutil/NVML counters and never touches the model, the data or
-any random stream), and `test_hooks` (failure injection for the restore tests; never set it in a
-real sweep).
+any random stream), and `callbacks` (observers of the loop named by import path, see
+`CallbackRef`; they must not change a result).
 
 Protocol defaults are the paper's (docs/study.md, "Training"); optimizer, lr and weight decay
 default per arch from `ARCH_DEFAULTS` and can be overridden. Errors name the field:
@@ -72,7 +72,7 @@ ARCH_DEFAULTS: dict[str, tuple[str, float, float, str]] = {
 }
 
 #: Fields that cannot change a result, hence left out of `config_hash` (see module docstring).
-NOT_HASHED = frozenset({"num_workers", "cache_dir", "tracking", "test_hooks"})
+NOT_HASHED = frozenset({"num_workers", "cache_dir", "tracking", "callbacks"})
 
 
 class ConfigError(ValueError):
@@ -110,17 +110,41 @@ class TrackingConfig(_Frozen):
     outbox_endpoint: str | None = None  # s3 endpoint of the outbox (MinIO), if any
 
 
-class TestHooks(_Frozen):
-    """Failure injection for the restore tests only. Never set in a real sweep."""
+class CallbackRef(_Frozen):
+    """A loop callback by import path: `factory(**args)` must return a trainables.callbacks
+    Callback, which the loop adds to its own (trainables.callbacks.config_callbacks). Given as
+    "package.module:factory" or as {path, args}; `args` must be JSON (the config is)."""
 
-    __test__ = False  # not a pytest test class, despite the name
+    path: str
+    args: dict[str, Any] = {}
 
-    # Raise InjectedFailure at the start of this epoch (1-based, >= 2) unless this attempt resumed
-    # at or after it, so a retried trial restores from the previous epoch's checkpoint and goes on.
-    fail_at_epoch: int | None = Field(None, ge=2)
-    # Sleep this long in the middle of every epoch (after training, before evaluating), so that a
-    # test's signal lands mid-epoch on a tiny model.
-    epoch_delay_s: float = Field(0.0, ge=0)
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, data: Any) -> Any:
+        return {"path": data} if isinstance(data, str) else data
+
+    @field_validator("path")
+    @classmethod
+    def _import_path(cls, path: str) -> str:
+        module, colon, name = path.partition(":")
+        if not (colon and _dotted(module) and _dotted(name)):
+            raise ValueError(f"expected an import path 'package.module:factory', got {path!r}")
+        return path
+
+    @field_validator("args")
+    @classmethod
+    def _json_args(cls, args: dict[str, Any]) -> dict[str, Any]:
+        try:
+            json.dumps(args)
+        except TypeError as err:
+            raise ValueError(
+                f"must be JSON-serializable (it is saved with the config): {err}"
+            ) from None
+        return args
+
+
+def _dotted(name: str) -> bool:
+    return all(part.isidentifier() for part in name.split("."))
 
 
 class TrialConfig(_Frozen):
@@ -173,7 +197,7 @@ class TrialConfig(_Frozen):
     num_workers: int = Field(0, ge=0)
     cache_dir: str | None = None
     tracking: TrackingConfig | None = None
-    test_hooks: TestHooks | None = None
+    callbacks: list[CallbackRef] = []
 
     # ------------------------------------------------------------------ validation
 
