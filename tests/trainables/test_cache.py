@@ -16,23 +16,22 @@ import pytest
 import tifffile
 import torch
 
+from tests.support.datasets import fresh_copy, written
 from trainables import cache, lgg
 from trainables.datasets import build_datasets
-from trainables.synth import write_synthetic
 
 SIZE = 32
 
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("cache-data") / "kaggle_3m"
-    write_synthetic(root, patients=4, size=48, seed=1, slices_per_patient=4)
-    return root
+    folder = tmp_path_factory.mktemp("cache-data")
+    return written(folder, patients=4, size=48, seed=1, slices_per_patient=4)
 
 
 @pytest.fixture
 def root(pristine, tmp_path) -> Path:
-    return Path(shutil.copytree(pristine, tmp_path / "kaggle_3m"))  # copy2 keeps the mtimes
+    return fresh_copy(pristine, tmp_path)
 
 
 def entries(cache_dir: Path) -> list[str]:
