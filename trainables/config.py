@@ -111,9 +111,8 @@ class TrackingConfig(_Frozen):
 
 
 class CallbackRef(_Frozen):
-    """A loop callback by import path: `factory(**args)` must return a trainables.callbacks
-    Callback, which the loop adds to its own (trainables.callbacks.config_callbacks). Given as
-    "package.module:factory" or as {path, args}; `args` must be JSON (the config is)."""
+    """A loop callback by import path, "package.module:factory" or {path, args}: the trial builds
+    `factory(**args)` (a trainables.callbacks.Callback) and adds it to the loop's own."""
 
     path: str
     args: dict[str, Any] = {}
@@ -126,25 +125,10 @@ class CallbackRef(_Frozen):
     @field_validator("path")
     @classmethod
     def _import_path(cls, path: str) -> str:
-        module, colon, name = path.partition(":")
-        if not (colon and _dotted(module) and _dotted(name)):
+        module, _, name = path.partition(":")
+        if not all(part.isidentifier() for part in (*module.split("."), *name.split("."))):
             raise ValueError(f"expected an import path 'package.module:factory', got {path!r}")
         return path
-
-    @field_validator("args")
-    @classmethod
-    def _json_args(cls, args: dict[str, Any]) -> dict[str, Any]:
-        try:
-            json.dumps(args)
-        except TypeError as err:
-            raise ValueError(
-                f"must be JSON-serializable (it is saved with the config): {err}"
-            ) from None
-        return args
-
-
-def _dotted(name: str) -> bool:
-    return all(part.isidentifier() for part in name.split("."))
 
 
 class TrialConfig(_Frozen):
