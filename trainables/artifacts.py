@@ -92,9 +92,9 @@ def quantization_table(run: TrainingRun) -> list[dict] | None:
     Eval mode (no dropout draw), gradients discarded, and the SR generator put back afterwards:
     measuring leaves no trace in the run's state."""
     import quant.telemetry
-    from quant.modules import quantized_layers
+    from quant.modules import converted_layers
 
-    if not quantized_layers(run.model):
+    if not converted_layers(run.model):
         return None
     x, y = next(iter(run.loader(run.data.val, shuffle=False, epoch=0)))
     x, y = x.to(run.device), y.to(run.device)

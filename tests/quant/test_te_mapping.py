@@ -228,11 +228,6 @@ def test_te_prepare_refuses_convolutions_before_importing_te():
         te.te_prepare(nn.Linear(16, 16), "fwd_only")
 
 
-def test_te_available_is_false_without_cuda_or_te():
-    if not torch.cuda.is_available():
-        assert te.te_available() is False
-
-
 def test_a_missing_te_says_how_to_get_it():
     try:
         import transformer_engine.pytorch  # noqa: F401
@@ -246,7 +241,7 @@ def test_a_missing_te_says_how_to_get_it():
 @pytest.mark.gpu
 def test_te_linear_swap_shares_parameters_and_runs():
     pytest.importorskip("transformer_engine.pytorch")
-    if not te.te_available():
+    if not _te_runs():
         pytest.skip("transformer_engine is installed but cannot run here")
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 128), nn.GELU(), nn.Linear(128, 64)).cuda()
@@ -274,3 +269,14 @@ def test_te_model_refuses_convolutions_before_importing_te():
     model = nn.Sequential(nn.Conv2d(16, 16, 3), nn.Flatten(), nn.Linear(16, 16))
     with pytest.raises(NotImplementedError, match="no NVFP4 convolution"):
         te.te_model(model, "nvfp4_4o6")
+
+
+def _te_runs() -> bool:
+    """True when transformer_engine.pytorch imports and a CUDA device is present."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import transformer_engine.pytorch  # noqa: F401
+    except Exception:  # TE raises assorted errors when its CUDA libraries are missing
+        return False
+    return True
