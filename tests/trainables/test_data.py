@@ -13,6 +13,7 @@ from trainables.data import build_datasets_for, resolve_data_root
 from trainables.factories import step_model_for
 
 
+@pytest.mark.slow  # torch.compile's import, a few seconds
 def test_every_cache_of_a_trial_is_a_subfolder_of_the_one_root(tmp_path, monkeypatch):
     root = tmp_path / "root"
     monkeypatch.setenv("SWEEP_DATA_CACHE", str(root))
