@@ -78,6 +78,7 @@ def direct(config, work: Path) -> tuple[list[float], list[float]]:
 def through_ray(config, work: Path) -> tuple[list[float], list[float]]:
     from ray import tune
 
+    from trainables.config import TUNE_KEY
     from trainables.trainable import train_trial
 
     times: list[float] = []
@@ -92,7 +93,7 @@ def through_ray(config, work: Path) -> tuple[list[float], list[float]]:
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         tuner = tune.Tuner(
             tune.with_resources(train_trial, {"cpu": THREADS}),
-            param_space=config.to_dict(),
+            param_space={TUNE_KEY: config.to_tune()},
             run_config=tune.RunConfig(storage_path=tmp, callbacks=[Clock()], verbose=0),
         )
         result = tuner.fit()

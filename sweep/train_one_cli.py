@@ -51,8 +51,6 @@ def build_config(args: argparse.Namespace):
     fields.update({k: v for k, v in optional.items() if v is not None})
     if args.tracking_uri:
         fields["tracking"] = {"tracking_uri": args.tracking_uri, "experiment": args.experiment}
-    if fields["fold"] != "holdout":
-        fields["n_folds"] = 5
     return TrialConfig.from_fields(fields, source="sweep train-one")
 
 
@@ -86,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     import torch
 
-    from trainables.checkpoint import CheckpointMismatch, load_checkpoint
+    from trainables.checkpoint import STATE_FILE, CheckpointMismatch, load_checkpoint
     from trainables.loop import run_tracked
 
     if args.threads:
@@ -95,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     checkpoint_dir = out / "checkpoint"
     if args.fresh:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    if (checkpoint_dir / "state.pt").is_file():
+    if (checkpoint_dir / STATE_FILE).is_file():
         try:
             epoch = load_checkpoint(checkpoint_dir, config)["epoch"]
         except CheckpointMismatch as err:

@@ -7,7 +7,8 @@ Around the loop (trainables.loop.TrainingRun), whatever happens in it:
 
 - before: the trial's tracker (trainables.tracking.TrialTracker) is opened, reopening the MLflow
   run the checkpoint names, with the run's flat tags (trainables.mlflow_schema.TRIAL_TAGS, then
-  the config's own) and its params (the config, less tracking and callbacks); the data is logged
+  the config's own) and its params (the config, less tracking, callbacks and an Optuna sample's
+  suffix, which the run's name carries); the data is logged
   as the run's dataset input and the system-metrics monitor started when asked for;
 - during: the loop logs every epoch and the final metrics to the tracker, and the artifacts
   (trainables.artifacts) are written at the final evaluation and logged;
@@ -39,11 +40,13 @@ TRACKING_DIR = "tracking"  # the MLflow journal, inside the checkpoint so it tra
 
 
 def trial_tags(config: TrialConfig) -> dict[str, str]:
-    """The child run's flat tags, in the schema's order (TRIAL_TAGS), then the config's own."""
+    """The child run's flat tags, in the schema's order (TRIAL_TAGS), then the config's own. The
+    run's key is `run_key`: an Optuna sample's own (its grid point's key and its suffix), else the
+    grid point's."""
     recipe = config.recipe_object()
     values = (
         config.tracking.experiment,
-        config.trial_key,
+        config.run_key,
         config.arch,
         config.scale,
         config.recipe,
@@ -67,8 +70,8 @@ def build_tracker(config: TrialConfig, checkpoint_dir: Path):
     from trainables.tracking import TrialTracker, resolve_tracking_uri
 
     tags = trial_tags(config)
-    trial_key = tags[TRIAL_KEY_TAG]  # a search sample's own key, else the grid point's
-    params = config.model_dump(mode="json", exclude={"tracking", "callbacks"})
+    trial_key = tags[TRIAL_KEY_TAG]
+    params = config.model_dump(mode="json", exclude={"tracking", "callbacks", "sample_suffix"})
     keep_pending = None
     if config.tracking.outbox:
         from trainables.outbox import Outbox, keeper

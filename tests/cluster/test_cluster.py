@@ -263,7 +263,7 @@ def uninterrupted(config: dict, folder: Path):
     from trainables.config import TrialConfig
     from trainables.loop import train
 
-    trial = TrialConfig.from_dict(config).replace(
+    trial = TrialConfig.from_fields(config).replace(
         cache_dir=str(folder / "cache"), tracking=None, callbacks=[]
     )
     return train(trial, checkpoint_dir=folder / "checkpoint")

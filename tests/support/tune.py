@@ -1,6 +1,6 @@
-"""Trials under a real local Ray Tune, as the sweep runner starts them: the per-trial payload,
-a tracked MLflow experiment, a Tuner over a few trials, and a Tune callback logging every result.
-Ray is imported when a helper runs, not with this module."""
+"""Trials under a real local Ray Tune, as the sweep runner starts them: what a trial carries
+(`TrialConfig.to_tune()`), a tracked MLflow experiment, a Tuner over a few trials, and a Tune
+callback logging every result. Ray is imported when a helper runs, not with this module."""
 
 from __future__ import annotations
 
@@ -8,22 +8,22 @@ import json
 from pathlib import Path
 from typing import Any
 
-from trainables.config import TrialConfig
+from trainables.config import TUNE_KEY, TrialConfig
 
 
-def payload(config: TrialConfig, tracking: dict | None = None) -> dict:
-    """The sweep runner's per-trial payload (sweep/runner.py)."""
-    return {
-        "trial_key": config.trial_key,
-        "trial": config.to_dict(),
-        "config_hash": config.config_hash,
-        "tracking": tracking,
-        "save_weights": False,
-    }
+def tune_fields(config: TrialConfig, tracking: dict | None = None) -> dict:
+    """What the sweep runner hands Ray Tune for one trial (sweep/runner.py): the whole config,
+    with its tracking section."""
+    return config.replace(tracking=tracking).to_tune()
+
+
+def key_of(tune_config: dict) -> str:
+    """The trial key of a Tune trial's config."""
+    return TrialConfig.from_tune(tune_config).trial_key
 
 
 def tracked_experiment(tmp_path: Path, experiment: str) -> tuple[str, dict, Any]:
-    """(tracking URI, the payload's tracking entry, an MlflowClient) of a fresh sqlite store.
+    """(tracking URI, the config's tracking section, an MlflowClient) of a fresh sqlite store.
 
     The experiment is created here, as the sweep runner creates it with its parent run: two
     trial processes creating a fresh sqlite store at once race in MLflow's schema migration."""
@@ -34,11 +34,11 @@ def tracked_experiment(tmp_path: Path, experiment: str) -> tuple[str, dict, Any]
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     get_or_create_experiment(client, experiment)
-    return uri, {"uri": uri, "experiment": experiment, "parent_run_id": None}, client
+    return uri, {"tracking_uri": uri, "experiment": experiment}, client
 
 
 def run_trials(tmp_path: Path, name: str, trials: list[dict], **run_options: Any):
-    """Tune's ResultGrid of the trainable over `trials` (payloads), one CPU each, one retry;
+    """Tune's ResultGrid of the trainable over `trials` (`tune_fields`), one CPU each, one retry;
     `run_options` go to tune.RunConfig (callbacks, checkpoint_config...)."""
     from ray import tune
 
@@ -46,7 +46,7 @@ def run_trials(tmp_path: Path, name: str, trials: list[dict], **run_options: Any
 
     return tune.Tuner(
         tune.with_resources(train_trial, {"cpu": 1}),
-        param_space={"trial": tune.grid_search(trials)},
+        param_space={TUNE_KEY: tune.grid_search(trials)},
         run_config=tune.RunConfig(
             name=name,
             storage_path=str(tmp_path / "ray_results"),
@@ -67,7 +67,7 @@ class ResultLog:
             def on_trial_result(self, iteration, trials, trial, result, **info):
                 keep = ("epoch", "done", "pid", "threads", "val_loss")
                 row = {
-                    "trial_key": trial.config["trial"]["trial_key"],
+                    "trial_key": key_of(trial.config),
                     **{k: result.get(k) for k in keep},
                 }
                 with open(path, "a") as f:

@@ -3,6 +3,8 @@ with the config, built in the process that trains, refused with the field and th
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.support.hooks import (
@@ -23,7 +25,7 @@ def test_a_path_or_a_path_with_args(tmp_path):
         ("tests.support.hooks:SlowEpochs", {}),
         ("tests.support.hooks:FailAtEpoch", {"epoch": 3}),
     ]
-    again = type(config).from_json(config.to_json())
+    again = type(config).from_fields(json.loads(config.to_json()))
     assert again == config and again.config_hash == tiny_config(tmp_path).config_hash
 
 

@@ -151,12 +151,14 @@ def test_run_outputs_checkpoint_artifacts_and_final_metrics(cache_dir, tmp_path)
     assert (
         len(hist["bin_edges"]) == 101 and sum(hist["counts"]) == result.final_metrics["test_pixels"]
     )
-    assert TrialConfig.load(result.artifacts_dir / "config.json") == config
+    saved = json.loads((result.artifacts_dir / "config.json").read_text())
+    assert TrialConfig.from_fields(saved) == config
 
     state = load_checkpoint(tmp_path / "ckpt", config)
     assert state["finished"] and state["epoch"] == 2
     assert read_tracking_state(tmp_path / "ckpt") == {"run_id": "run-123"}
-    assert TrialConfig.load(tmp_path / "ckpt" / "config.json") == config
+    saved = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert TrialConfig.from_fields(saved) == config
 
     # A finished checkpoint trains nothing more: it hands back the same final metrics.
     again = train(config, checkpoint_dir=tmp_path / "ckpt", resume_from=tmp_path / "ckpt")

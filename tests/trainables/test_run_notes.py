@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from tests.support.hooks import InjectedFailure, fail_at_epoch
 from tests.support.trials import tiny_config
 from trainables import cache, system_metrics
-from trainables.config import TrackingConfig, TrialConfig
+from trainables.config import TUNE_KEY, TrackingConfig, TrialConfig
 from trainables.data import resolve_data_root
 from trainables.run_notes import DIGEST_LENGTH, dataset_input, trial_note
 from trainables.tracked_run import run_tracked
@@ -30,7 +30,6 @@ from trainables.tracking import (
     mark_training_experiment,
     start_sweep_run,
 )
-from trainables.trainable import config_from_tune
 
 SYSTEM_KEYS = {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"}
 
@@ -153,14 +152,11 @@ def test_system_metrics_setting_is_not_hashed_and_reaches_the_trial():
     on = TrialConfig.from_fields({**base, "tracking": {"system_metrics": True}})
     assert off.config_hash == on.config_hash == TrialConfig.from_fields(base).config_hash
 
-    payload = {
-        "trial_key": on.trial_key,
-        "trial": on.model_dump(mode="json", exclude={"tracking"}),
-        "config_hash": on.config_hash,
-        "tracking": {"uri": "sqlite:///x.db", "experiment": "e", "parent_run_id": None,
-                     "system_metrics": True, "system_metrics_interval_s": 2.5},
-    }  # fmt: skip
-    tracking = config_from_tune({"trial": payload}).tracking
+    sent = on.replace(
+        tracking={"tracking_uri": "sqlite:///x.db", "experiment": "e",
+                  "system_metrics": True, "system_metrics_interval_s": 2.5},
+    )  # fmt: skip
+    tracking = TrialConfig.from_tune({TUNE_KEY: sent.to_tune()}).tracking
     assert tracking.system_metrics is True and tracking.system_metrics_interval_s == 2.5
 
     assert system_metrics.wanted(TrackingConfig(), "cuda")

@@ -11,9 +11,8 @@ import pytest
 
 from tests.support.hooks import fail_at_epoch
 from tests.support.trials import tiny_config
-from tests.support.tune import ResultLog, payload, run_trials, tracked_experiment
-from trainables.config import ConfigError, TrialConfig
-from trainables.trainable import config_from_tune
+from tests.support.tune import ResultLog, key_of, run_trials, tracked_experiment, tune_fields
+from trainables.config import TrialConfig
 
 EPOCHS = 3
 FAIL_AT = 2
@@ -21,35 +20,6 @@ FAIL_AT = 2
 
 def trial_config(tmp_path, recipe: str, **changes) -> TrialConfig:
     return tiny_config(tmp_path / "cache", **{"recipe": recipe, "epochs": EPOCHS, **changes})
-
-
-def test_config_from_a_flat_dict_or_a_payload(tmp_path):
-    config = trial_config(tmp_path, "baseline")
-    assert config_from_tune(config.to_dict()) == config
-    tracking = {"uri": "sqlite:///x.db", "experiment": "sw", "parent_run_id": "p1"}
-    got = config_from_tune({"trial": payload(config, tracking)})
-    assert got.config_hash == config.config_hash
-    assert (got.tracking.tracking_uri, got.tracking.experiment, got.tracking.parent_run_id) == (
-        "sqlite:///x.db",
-        "sw",
-        "p1",
-    )
-
-
-def test_sampled_values_override_the_payload(tmp_path):
-    config = trial_config(tmp_path, "baseline")
-    got = config_from_tune({"trial": payload(config), "lr": 3e-4, "weight_decay": 0.01})
-    assert (got.lr, got.weight_decay) == (3e-4, 0.01)
-    assert got.trial_key == config.trial_key and got.config_hash != config.config_hash
-
-
-def test_a_payload_that_disagrees_with_its_config_is_refused(tmp_path):
-    config = trial_config(tmp_path, "baseline")
-    bad = {**payload(config), "config_hash": "0" * 64}
-    with pytest.raises(ConfigError, match="config_hash"):
-        config_from_tune({"trial": bad})
-    with pytest.raises(ConfigError, match="arch"):
-        config_from_tune({"trial": {**payload(config), "trial": {**config.to_dict(), "arch": "x"}}})
 
 
 @pytest.fixture(scope="module")
@@ -71,12 +41,12 @@ def test_two_trials_with_an_injected_failure_resume_exactly(local_ray, tmp_path)
     flaky = trial_config(tmp_path, "baseline", callbacks=[fail_at_epoch(FAIL_AT)])
     steady = trial_config(tmp_path, "nvfp4")
     log = tmp_path / "results.jsonl"
-    trials = [payload(flaky, tracking), payload(steady, tracking)]
+    trials = [tune_fields(flaky, tracking), tune_fields(steady, tracking)]
     results = run_trials(tmp_path, "trainable-test", trials, callbacks=[ResultLog(log)])
     assert not results.errors, results.errors
 
     rows = [json.loads(line) for line in log.read_text().splitlines()]
-    by_key = {r.config["trial"]["trial_key"]: r for r in results}
+    by_key = {key_of(r.config): r for r in results}
     assert set(by_key) == {flaky.trial_key, steady.trial_key}
     for key, result in by_key.items():
         reported = [r for r in rows if r["trial_key"] == key]

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.trials import tiny_config
-from tests.support.tune import ResultLog, payload, run_trials, tracked_experiment
+from tests.support.tune import ResultLog, key_of, run_trials, tracked_experiment, tune_fields
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -50,7 +50,7 @@ class KillAfterEpoch:
 
         class _Kill(tune.Callback):
             def on_trial_result(self, iteration, trials, trial, result, **info):
-                if trial.config["trial"]["trial_key"] != trial_key or record.exists():
+                if key_of(trial.config) != trial_key or record.exists():
                     return
                 if result.get("epoch") != epoch or result.get("done"):
                     return
@@ -78,7 +78,7 @@ def test_nan_fails_for_good_and_a_killed_trial_resumes_past_a_corrupt_checkpoint
     results = run_trials(
         tmp_path,
         "failures",
-        [payload(diverging, tracking), payload(killed, tracking)],
+        [tune_fields(diverging, tracking), tune_fields(killed, tracking)],
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         callbacks=[
             ResultLog(log),
@@ -86,7 +86,7 @@ def test_nan_fails_for_good_and_a_killed_trial_resumes_past_a_corrupt_checkpoint
             LedgerCallback(store),
         ],
     )
-    by_key = {r.config["trial"]["trial_key"]: r for r in results}
+    by_key = {key_of(r.config): r for r in results}
     rows = [json.loads(line) for line in log.read_text().splitlines()]
 
     # The NaN: failed with its reason, and the retry Ray gave it did not train.
