@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from trainables.callbacks import Callback
+
 EPOCHS = 5
 THREADS = 2
 
@@ -47,7 +49,7 @@ def config_for(scale: str, cache_dir: Path, epochs: int):
     )
 
 
-class EpochClock:
+class EpochClock(Callback):
     """Loop callback: wall time between consecutive epoch reports (and the loop's own
     train + validate time, `epoch_time_s`)."""
 
@@ -61,9 +63,6 @@ class EpochClock:
         self.times.append(now - self.last)
         self.compute.append(metrics["epoch_time_s"])
         self.last = now
-
-    def on_train_end(self, metrics, checkpoint_dir) -> None:
-        pass
 
 
 def direct(config, work: Path) -> tuple[list[float], list[float]]:

@@ -93,7 +93,7 @@ def compare_operands(recipe_name: str, arch: str) -> int:
     """Part 1; returns the number of operands that differ."""
     from quant import nvfp4
     from quant.te import te_environment, te_recipe
-    from trainables.loop import build_model_for
+    from trainables.factories import build_model_for
 
     config = _config(recipe_name, arch, 1, "emulated")
     recipe = config.recipe_object()

@@ -25,7 +25,10 @@ and every error names the field (as a dotted path) and, for choices, the valid v
     protocol: {epochs: 3, batch_size: 8}     # overrides of the paper's training protocol, and
                                      # compile: auto | on | off (torch.compile the step;
                                      # auto: on CUDA only; a bare on/off reads as a boolean),
-                                     # backend: emulated | te (see trainables.config)
+                                     # backend: emulated | te (see trainables.config),
+                                     # callbacks: ["pkg.module:factory", {path, args}]
+                                     # (loop callbacks each trial imports; not hashed:
+                                     # trainables.callbacks)
     model_overrides: {}              # passed to models.build_model (e.g. swin shift option)
     resources: {cpus_per_trial: 1, gpus_per_trial: 0.25, max_concurrent: 4,
                 pending_warning_s: 300}   # say why a trial waits longer than this

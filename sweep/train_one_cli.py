@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from trainables.callbacks import Callback
+
 FINAL_KEYS = (
     "test_auprc", "val_auprc", "test_roc_auc", "test_dice", "test_iou", "test_recall",
     "test_precision", "test_soft_dice", "test_loss", "best_epoch", "epochs_run",
@@ -54,7 +56,7 @@ def build_config(args: argparse.Namespace):
     return TrialConfig.from_fields(fields, source="sweep train-one")
 
 
-class ProgressPrinter:
+class ProgressPrinter(Callback):
     """One line per epoch on stdout."""
 
     def __init__(self, epochs: int) -> None:
@@ -70,9 +72,6 @@ class ProgressPrinter:
             flush=True,
         )
 
-    def on_train_end(self, metrics: dict[str, float], checkpoint_dir: Path) -> None:
-        pass
-
 
 def run(args: argparse.Namespace) -> int:
     from trainables.config import ConfigError
@@ -85,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from trainables.checkpoint import STATE_FILE, CheckpointMismatch, load_checkpoint
-    from trainables.loop import run_tracked
+    from trainables.tracked_run import run_tracked
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -31,9 +31,9 @@ name and description inside `recipe_definition`): `num_workers` (augmentation
 is seeded per (seed, epoch, sample), so the number of loader processes cannot change a sample),
 `cache_dir` (where decoded data is kept), `tracking` (where and what is logged, system metrics
 included: a sampler thread reads psutil/NVML counters and never touches the model, the data or
-any random stream), `test_hooks` (failure injection for the restore tests; never set it in a
-real sweep) and `sample_suffix` (which Optuna sample of the grid point this is: its sampled values
-are fields of their own, hashed).
+any random stream), `callbacks` (observers of the loop named by import path, see
+`CallbackRef`; they must not change a result) and `sample_suffix` (which Optuna sample of the
+grid point this is: its sampled values are fields of their own, hashed).
 
 The config is the only contract between the sweep and a trial: Ray Tune carries `to_tune()` (the
 fields and the planned hash, an Optuna sample's values and suffix merged on top), and the worker
@@ -78,7 +78,7 @@ from trainables.vocabulary import (
 )
 
 #: Fields that cannot change a result, hence left out of `config_hash` (see module docstring).
-NOT_HASHED = frozenset({"num_workers", "cache_dir", "tracking", "test_hooks", "sample_suffix"})
+NOT_HASHED = frozenset({"num_workers", "cache_dir", "tracking", "callbacks", "sample_suffix"})
 # A recipe's words, not settings: left out of the hash too.
 _RECIPE_WORDS = ("display_name", "description")
 
@@ -118,17 +118,25 @@ class TrackingConfig(_Frozen):
     outbox_endpoint: str | None = None  # s3 endpoint of the outbox (MinIO), if any
 
 
-class TestHooks(_Frozen):
-    """Failure injection for the restore tests only. Never set in a real sweep."""
+class CallbackRef(_Frozen):
+    """A loop callback by import path, "package.module:factory" or {path, args}: the trial builds
+    `factory(**args)` (a trainables.callbacks.Callback) and adds it to the loop's own."""
 
-    __test__ = False  # not a pytest test class, despite the name
+    path: str
+    args: dict[str, Any] = {}
 
-    # Raise InjectedFailure at the start of this epoch (1-based, >= 2) unless this attempt resumed
-    # at or after it, so a retried trial restores from the previous epoch's checkpoint and goes on.
-    fail_at_epoch: int | None = Field(None, ge=2)
-    # Sleep this long in the middle of every epoch (after training, before evaluating), so that a
-    # test's signal lands mid-epoch on a tiny model.
-    epoch_delay_s: float = Field(0.0, ge=0)
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, data: Any) -> Any:
+        return {"path": data} if isinstance(data, str) else data
+
+    @field_validator("path")
+    @classmethod
+    def _import_path(cls, path: str) -> str:
+        module, _, name = path.partition(":")
+        if not all(part.isidentifier() for part in (*module.split("."), *name.split("."))):
+            raise ValueError(f"expected an import path 'package.module:factory', got {path!r}")
+        return path
 
 
 class TrialConfig(_Frozen):
@@ -181,7 +189,7 @@ class TrialConfig(_Frozen):
     num_workers: int = Field(0, ge=0)
     cache_dir: str | None = None
     tracking: TrackingConfig | None = None
-    test_hooks: TestHooks | None = None
+    callbacks: list[CallbackRef] = []
     # An Optuna sample of the grid point: 8 hex digits of the values it sampled (see `run_key`)
     sample_suffix: str | None = Field(None, pattern=r"^[0-9a-f]{8}$")
 

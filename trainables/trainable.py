@@ -40,11 +40,12 @@ import ray
 import ray.tune
 import torch
 
+from trainables.callbacks import Callback
 from trainables.checkpoint import restore_newest_intact
 from trainables.config import TUNE_KEY, TrialConfig
 from trainables.failures import FailedForGood, classify, mark_failed, read_mark
-from trainables.loop import TRACKING_DIR, Callback, run_tracked
 from trainables.scratch import scratch_dir
+from trainables.tracked_run import TRACKING_DIR, run_tracked
 from trainables.vocabulary import GRID_AXES, trial_key
 
 

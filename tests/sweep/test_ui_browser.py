@@ -31,9 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.sweep.test_sweep_e2e import SWEEP, _env
-from tests.sweep.test_sweep_e2e import _spec as e2e_spec
-from tests.sweep.test_sweep_e2e import _write as e2e_write
+from tests.support.sweeps import SWEEP, sweep_cli, sweep_env, tiny_spec, write_spec
 from tests.trainables.test_tracking_server import free_port, wait_healthy
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.slow]
@@ -122,10 +120,14 @@ def render(chromium: str, url: str, screenshot: Path, profile: Path, *, until) -
 
 
 def _spec(tmp: Path) -> Path:
-    """The e2e tests' tiny sweep, 2 epochs, no retries, analysed at the end."""
-    quick = {"epochs": 2, "early_stop_warmup": 2}
-    spec = e2e_spec(tmp, NAME, protocol=quick, failure={"max_retries": 0}, analyze=True)
-    return e2e_write(tmp, spec)
+    spec = tiny_spec(
+        NAME,
+        tmp,
+        protocol={"epochs": 2, "early_stop_warmup": 2},
+        failure={"max_retries": 0},
+        analyze=True,
+    )
+    return write_spec(tmp, spec)
 
 
 @pytest.fixture(scope="module")
@@ -144,21 +146,14 @@ def served(chromium, tmp_path_factory):
     """The finished tiny sweep, `sweep ui SPEC` serving it, and what it printed."""
     tmp = tmp_path_factory.mktemp("ui_browser")
     spec = _spec(tmp)
-    run = subprocess.run(
-        [*SWEEP, "run", str(spec)],
-        env=_env(tmp),
-        cwd=tmp,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    run = sweep_cli("run", str(spec), env=sweep_env(tmp), cwd=tmp, timeout=600)
     assert run.returncode == 0, f"sweep run -> {run.returncode}\n{run.stdout}\n{run.stderr}"
     port = free_port()
     log = tmp / "ui.log"
     with open(log, "w") as out:
         ui = subprocess.Popen(
             [*SWEEP, "ui", str(spec), "--port", str(port)],
-            env=_env(tmp),
+            env=sweep_env(tmp),
             cwd=tmp,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -238,7 +238,7 @@ def test_hash_covers_the_data_source(tmp_path):
         {"num_workers": 4},
         {"cache_dir": "/tmp/cache"},
         {"tracking": {"tracking_uri": "sqlite:///x.db", "experiment": "e"}},
-        {"test_hooks": {"fail_at_epoch": 2}},
+        {"callbacks": ["tests.support.hooks:FailAtEpoch"]},
         {"sample_suffix": "0123abcd"},
     ],
 )
@@ -405,7 +405,7 @@ def test_mlflow_params_carry_the_full_recipe_definition(tmp_path):
 
     from mlflow import MlflowClient
 
-    from trainables.loop import build_tracker
+    from trainables.tracked_run import build_tracker
 
     uri = os.environ["MLFLOW_TRACKING_URI"]
     tracking = {"experiment": "declared-recipe-params"}

@@ -12,12 +12,13 @@ import os
 from types import SimpleNamespace
 
 import pytest
-import torch
 from mlflow.tracking import MlflowClient
 
+from tests.support.hooks import InjectedFailure, fail_at_epoch
+from tests.support.trials import tiny_config
 from trainables import cache, system_metrics
 from trainables.config import TUNE_KEY, TrackingConfig, TrialConfig
-from trainables.loop import InjectedFailure, resolve_data_root, run_tracked
+from trainables.data import resolve_data_root
 from trainables.mlflow_schema import EXPERIMENT_KIND_TAG, NOTE_TAG, TRAINING_KIND
 from trainables.mlflow_store import (
     get_or_create_experiment,
@@ -25,17 +26,10 @@ from trainables.mlflow_store import (
     start_sweep_run,
 )
 from trainables.run_notes import DIGEST_LENGTH, dataset_input, trial_note
+from trainables.tracked_run import run_tracked
 from trainables.tracking import TrialTracker
 
 SYSTEM_KEYS = {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -45,19 +39,13 @@ def uri() -> str:
 
 def tiny(tmp_path, experiment: str, **changes) -> TrialConfig:
     fields = {
-        "arch": "cnn",
-        "scale": "tiny",
         "recipe": "nvfp4",
         "seed": 3,
         "synthetic": {"patients": 6, "size": 32, "seed": 0, "slices_per_patient": 4},
-        "image_size": 32,
         "epochs": 2,
-        "batch_size": 8,
-        "cache_dir": str(tmp_path / "cache"),
         "tracking": {"tracking_uri": os.environ["MLFLOW_TRACKING_URI"], "experiment": experiment},
-        **changes,
     }
-    return TrialConfig.from_fields(fields)
+    return tiny_config(tmp_path / "cache", **{**fields, **changes})
 
 
 def only_run(client: MlflowClient, experiment: str):
@@ -108,7 +96,7 @@ def test_a_tracked_run_describes_itself_and_its_data(uri, tmp_path):
 
 @pytest.mark.slow
 def test_a_failed_run_says_why(uri, tmp_path):
-    config = tiny(tmp_path, "notes-failed", test_hooks={"fail_at_epoch": 2}, epochs=3)
+    config = tiny(tmp_path, "notes-failed", callbacks=[fail_at_epoch(2)], epochs=3)
     with pytest.raises(InjectedFailure):
         run_tracked(config, tmp_path / "ckpt", callbacks=[])
     _, run = only_run(MlflowClient(uri), "notes-failed")

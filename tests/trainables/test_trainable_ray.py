@@ -9,36 +9,17 @@ import os
 
 import pytest
 
-from trainables.config import TUNE_KEY, TrialConfig
+from tests.support.hooks import fail_at_epoch
+from tests.support.trials import tiny_config
+from tests.support.tune import ResultLog, key_of, run_trials, tracked_experiment, tune_fields
+from trainables.config import TrialConfig
 
 EPOCHS = 3
 FAIL_AT = 2
 
 
 def trial_config(tmp_path, recipe: str, **changes) -> TrialConfig:
-    return TrialConfig.from_fields(
-        {
-            "arch": "cnn",
-            "scale": "tiny",
-            "recipe": recipe,
-            "seed": 2026,
-            "synthetic": {"patients": 10, "size": 32, "seed": 0, "slices_per_patient": 4},
-            "image_size": 32,
-            "epochs": EPOCHS,
-            "batch_size": 8,
-            "cache_dir": str(tmp_path / "cache"),
-            **changes,
-        }
-    )
-
-
-def tune_fields(config: TrialConfig, tracking: dict | None = None) -> dict:
-    """What the sweep runner hands Ray Tune for one trial (sweep/runner.py): the whole config."""
-    return config.replace(tracking=tracking).to_tune()
-
-
-def key_of(tune_config: dict) -> str:
-    return TrialConfig.from_tune(tune_config).trial_key
+    return tiny_config(tmp_path / "cache", **{"recipe": recipe, "epochs": EPOCHS, **changes})
 
 
 @pytest.fixture(scope="module")
@@ -50,60 +31,18 @@ def local_ray():
     ray.shutdown()
 
 
-class ResultLog:
-    """A Tune callback writing every reported result to a JSONL file (read back by the test)."""
-
-    def __new__(cls, path):
-        from ray import tune
-
-        class _Log(tune.Callback):
-            def on_trial_result(self, iteration, trials, trial, result, **info):
-                keep = ("epoch", "done", "pid", "threads", "val_loss")
-                row = {
-                    "trial_key": key_of(trial.config),
-                    **{k: result.get(k) for k in keep},
-                }
-                with open(path, "a") as f:
-                    f.write(json.dumps(row) + "\n")
-
-        return _Log()
-
-
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_two_trials_with_an_injected_failure_resume_exactly(local_ray, tmp_path):
-    from mlflow.tracking import MlflowClient
-    from ray import tune
-
     from trainables.checkpoint import load_checkpoint
-    from trainables.tracking import find_trial_runs, get_or_create_experiment
-    from trainables.trainable import train_trial
+    from trainables.tracking import find_trial_runs
 
-    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracking = {"tracking_uri": tracking_uri, "experiment": "ray-test"}
-    # The driver creates the store first, as the sweep runner does with its parent run: two trial
-    # processes creating a fresh sqlite store at once race in MLflow's schema migration.
-    client = MlflowClient(tracking_uri)
-    get_or_create_experiment(client, "ray-test")
-    flaky = trial_config(tmp_path, "baseline", test_hooks={"fail_at_epoch": FAIL_AT})
+    tracking_uri, tracking, client = tracked_experiment(tmp_path, "ray-test")
+    flaky = trial_config(tmp_path, "baseline", callbacks=[fail_at_epoch(FAIL_AT)])
     steady = trial_config(tmp_path, "nvfp4")
     log = tmp_path / "results.jsonl"
-    tuner = tune.Tuner(
-        tune.with_resources(train_trial, {"cpu": 1}),
-        param_space={
-            TUNE_KEY: tune.grid_search(
-                [tune_fields(flaky, tracking), tune_fields(steady, tracking)]
-            )
-        },
-        run_config=tune.RunConfig(
-            name="trainable-test",
-            storage_path=str(tmp_path / "ray_results"),
-            failure_config=tune.FailureConfig(max_failures=1),
-            callbacks=[ResultLog(log)],
-            verbose=0,
-        ),
-    )
-    results = tuner.fit()
+    trials = [tune_fields(flaky, tracking), tune_fields(steady, tracking)]
+    results = run_trials(tmp_path, "trainable-test", trials, callbacks=[ResultLog(log)])
     assert not results.errors, results.errors
 
     rows = [json.loads(line) for line in log.read_text().splitlines()]
