@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.mlflow_runs import find_trial_runs
+from tests.support.mlflow_runs import find_trial_runs
 from trainables.journal import BLOBS_DIR, JOURNAL_NAME, DeliveryReport, flush_journal
 from trainables.mlflow_store import (
     end_sweep_run,

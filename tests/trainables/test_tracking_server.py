@@ -24,7 +24,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from sweep.ui_cli import server_command
-from tests.mlflow_runs import find_trial_runs
+from tests.support.mlflow_runs import find_trial_runs
 from trainables.journal import flush_journal
 from trainables.tracking import TrialTracker
 
