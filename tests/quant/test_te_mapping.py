@@ -144,16 +144,8 @@ def test_mapping_reads_the_data_not_the_name():
     """An added recipe equal to a TE configuration maps; a mixed one is refused."""
     same_as_2d_rht = replace(get_recipe("2d_rht"), name="te_like", paper_id=None)
     assert te.te_recipe_kwargs(same_as_2d_rht) == EXPECTED["2d_rht"]
-    rht_without_2d = Recipe(
-        "rht_1d",
-        None,
-        "RHT, 1x16 weights",
-        fprop_input=Q,
-        fprop_weight=Q,
-        dgrad_grad_output=Q,
-        dgrad_weight=Q,
-        wgrad_grad_output=QH,
-        wgrad_input=QH,
+    rht_without_2d = replace(
+        get_recipe("nvfp4"), name="rht_1d", paper_id=None, wgrad_grad_output=QH, wgrad_input=QH
     )
     assert te.te_recipe_kwargs(rht_without_2d) == {
         **TE_DEFAULTS,
