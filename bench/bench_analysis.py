@@ -29,10 +29,11 @@ from pathlib import Path
 import numpy as np
 
 from quant.recipes import PAPER_RECIPES
+from sweep.plan import plan_row
+from trainables.vocabulary import ARCHS, N_FOLDS, scales
 
 SWEEP = "bench-analysis"
-ARCHS = ("cnn", "vit_adamw", "vit_adamax", "swin")
-SCALES = ("500k", "4m", "15m")
+SCALES = tuple(s for s in scales() if s != "tiny")  # the paper's three
 RECIPES = PAPER_RECIPES
 SEEDS = range(2026, 2036)
 TARGET_S = 20.0
@@ -46,7 +47,7 @@ def _trials():
                     yield arch, scale, recipe, rid, seed, "holdout"
     for arch in ("swin", "cnn"):
         for rid, recipe in ((0, "baseline"), (5, "2d_rht_sr")):
-            for fold in range(5):
+            for fold in range(N_FOLDS):
                 yield arch, "4m", recipe, rid, 2026, f"f{fold}"
 
 
@@ -72,7 +73,8 @@ def _log_run(client, exp_id, parent, trial, rng, status="FINISHED") -> dict:
     from mlflow.entities import Metric, RunTag
 
     arch, scale, recipe, rid, seed, fold = trial
-    key = f"{arch}-{scale}-{recipe}-s{seed}-{fold}"
+    row = plan_row(arch=arch, scale=scale, recipe=recipe, seed=seed, fold=fold)
+    key = row["trial_key"]
     tags = {
         "sweep": SWEEP,
         "trial_key": key,
@@ -119,14 +121,7 @@ def _log_run(client, exp_id, parent, trial, rng, status="FINISHED") -> dict:
         client.log_dict(run_id, _pr_curve(rng, auprc), "pr_curve.json")
         client.log_dict(run_id, _histogram(rng, spiky), "pred_hist.json")
     client.set_terminated(run_id, status)
-    return {
-        "trial_key": key,
-        "arch": arch,
-        "scale": scale,
-        "recipe": recipe,
-        "seed": seed,
-        "fold": fold,
-    }
+    return row
 
 
 def populate(root: Path) -> str:

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import yaml
 
+from trainables.callbacks import Callback
+
 BENCH_SPEC = {
     "data": {
         "synthetic": {"patients": 8, "size": 48, "seed": 0, "slices_per_patient": 8},
@@ -107,7 +109,7 @@ def bench_checkpoint_upload(work: Path, repeats: int = 5) -> None:
     )
 
 
-class _EpochClock:
+class _EpochClock(Callback):
     """Loop callback: the wall time at each epoch's end."""
 
     def __init__(self) -> None:
@@ -115,9 +117,6 @@ class _EpochClock:
 
     def on_epoch_end(self, metrics, checkpoint_dir) -> None:
         self.ends.append(time.perf_counter())
-
-    def on_train_end(self, metrics, checkpoint_dir) -> None:
-        pass
 
 
 def _bare_epochs(work: Path, epochs: int) -> list[float]:

@@ -60,8 +60,10 @@ def bench_scheduling(n_trials: int = 200) -> None:
     import ray
     from ray import tune
 
+    from sweep.plan import expand
     from sweep.runner import _run_config, _tune_config, open_store, tune_resources
     from sweep.spec import parse_spec
+    from trainables.config import TUNE_KEY
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     with tempfile.TemporaryDirectory() as tmp:
@@ -75,19 +77,17 @@ def bench_scheduling(n_trials: int = 200) -> None:
             }
         )
         store = open_store(spec)
-        payloads = [
-            {"trial_key": f"noop-{i:04d}", "config_hash": "0", "trial": {"epochs": 1}}
-            for i in range(n_trials)
-        ]
+        planned = expand(spec).trials[0].config
+        configs = [planned.replace(seed=i) for i in range(n_trials)]
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         bare = _fit_bare(n_trials, str(Path(tmp) / "bare"))
         rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         t0 = time.perf_counter()
         tune.Tuner(
             tune_resources(spec, _noop),
-            param_space={"trial": tune.grid_search(payloads)},
+            param_space={TUNE_KEY: tune.grid_search([c.to_tune() for c in configs])},
             tune_config=_tune_config(spec),
-            run_config=_run_config(spec, store, "bench", [p["trial_key"] for p in payloads]),
+            run_config=_run_config(spec, store, "bench", [c.trial_key for c in configs]),
         ).fit()
         wall = time.perf_counter() - t0
         rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from trainables.callbacks import Callback
+
 EPOCHS = 5
 THREADS = 2
 
@@ -47,7 +49,7 @@ def config_for(scale: str, cache_dir: Path, epochs: int):
     )
 
 
-class EpochClock:
+class EpochClock(Callback):
     """Loop callback: wall time between consecutive epoch reports (and the loop's own
     train + validate time, `epoch_time_s`)."""
 
@@ -61,9 +63,6 @@ class EpochClock:
         self.times.append(now - self.last)
         self.compute.append(metrics["epoch_time_s"])
         self.last = now
-
-    def on_train_end(self, metrics, checkpoint_dir) -> None:
-        pass
 
 
 def direct(config, work: Path) -> tuple[list[float], list[float]]:
@@ -79,6 +78,7 @@ def direct(config, work: Path) -> tuple[list[float], list[float]]:
 def through_ray(config, work: Path) -> tuple[list[float], list[float]]:
     from ray import tune
 
+    from trainables.config import TUNE_KEY
     from trainables.trainable import train_trial
 
     times: list[float] = []
@@ -93,7 +93,7 @@ def through_ray(config, work: Path) -> tuple[list[float], list[float]]:
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         tuner = tune.Tuner(
             tune.with_resources(train_trial, {"cpu": THREADS}),
-            param_space=config.to_dict(),
+            param_space={TUNE_KEY: config.to_tune()},
             run_config=tune.RunConfig(storage_path=tmp, callbacks=[Clock()], verbose=0),
         )
         result = tuner.fit()

@@ -72,14 +72,14 @@ def _config(recipe: str, arch: str, epochs: int, backend: str):
 
 def _linear_inputs(model: torch.nn.Module, batch: torch.Tensor) -> dict[str, torch.Tensor]:
     """The input of every quantized Linear on one forward (2-D, tokens x features)."""
-    from quant.modules import quantized_layers
+    from quant.modules import converted_layers
 
     inputs: dict[str, torch.Tensor] = {}
     hooks = [
         layer.register_forward_pre_hook(
             lambda m, args, name=name: inputs.setdefault(name, args[0].detach().flatten(0, -2))
         )
-        for name, layer in quantized_layers(model).items()
+        for name, layer in converted_layers(model).items()
         if isinstance(layer, torch.nn.Linear)
     ]
     with torch.no_grad():
@@ -93,7 +93,7 @@ def compare_operands(recipe_name: str, arch: str) -> int:
     """Part 1; returns the number of operands that differ."""
     from quant import nvfp4
     from quant.te import te_environment, te_recipe
-    from trainables.loop import build_model_for
+    from trainables.factories import build_model_for
 
     config = _config(recipe_name, arch, 1, "emulated")
     recipe = config.recipe_object()

@@ -37,13 +37,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.layers import (
-    NVFP4_BLOCK,
-    SegmentationModel,
-    full_precision_head,
-    require_int,
-    require_rate,
-)
+from models.layers import SegmentationModel, full_precision_head, require_int, require_rate
+from quant.nvfp4 import BLOCK
 
 
 @dataclass(frozen=True)
@@ -58,7 +53,7 @@ class CNNConfig:
 
     def __post_init__(self) -> None:
         require_int("CNNConfig", "stages", self.stages, minimum=2)
-        require_int("CNNConfig", "channels", self.channels, multiple=NVFP4_BLOCK)
+        require_int("CNNConfig", "channels", self.channels, multiple=BLOCK)
         require_rate("CNNConfig", "dropout", self.dropout)
         if not isinstance(self.negative_slope, int | float) or self.negative_slope < 0:
             raise ValueError(f"CNNConfig.negative_slope must be >= 0, got {self.negative_slope!r}")

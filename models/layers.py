@@ -15,19 +15,24 @@ NVFP4 scales blocks of 16 consecutive values along a GEMM's contraction dimensio
 16x16 tiles for 2-D weight scaling), so every quantized layer's input and output features must be
 multiples of 16; model configs check that when they are built.
 
-The transformer pieces (DropPath, Mlp, PatchEmbed, the convolutional upsampling decoder and the
-init rule) are the ones the paper's ViT and Swin share: a pre-norm encoder on a 16x16 token grid
+The transformer pieces (DropPath, Mlp, PatchEmbed, the convolutional upsampling decoder, the
+init rule, and the trunk that assembles them, ``TransformerSegmentationModel``) are the ones the
+paper's ViT and Swin share: a pre-norm encoder on a 16x16 token grid
 followed by four 2x transposed-convolution upsamplings back to pixels.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from quant.nvfp4 import BLOCK
+
 GEMM_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
-NVFP4_BLOCK = 16  # values per NVFP4 scale block along the contraction dimension
 PATCH = 16  # ViT/Swin patch side in pixels (the paper's 256 px -> 16x16 tokens)
 
 # The GEMM layers of a transformer block that the paper quantizes; everything else stays in
@@ -44,7 +49,11 @@ def gemm_layers(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def quantized_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """The GEMM layers a recipe quantizes: all of them except ``model.full_precision_layers()``."""
+    """The GEMM layers a recipe quantizes: all of them except ``model.full_precision_layers()``.
+
+    Read off the model's declaration, prepared or not; ``quant.modules.converted_layers`` lists
+    the layers ``quant.prepare`` did convert (which ``skip=`` can make fewer).
+    """
     keep = model.full_precision_layers() if hasattr(model, "full_precision_layers") else set()
     return {name: m for name, m in gemm_layers(model).items() if name not in keep}
 
@@ -63,16 +72,6 @@ def count_quantized_parameters(model: nn.Module) -> int:
     position tables and every layer the model declares full precision.
     """
     return sum(m.weight.numel() for m in quantized_layers(model).values())
-
-
-def transformer_full_precision_layers(model: nn.Module) -> set[str]:
-    """Every GEMM layer of a ViT/Swin except the blocks' qkv, proj, fc1 and fc2."""
-    quantized = {
-        name
-        for name in gemm_layers(model)
-        if name.startswith("blocks.") and name.endswith(TRANSFORMER_QUANTIZED_LEAVES)
-    }
-    return set(gemm_layers(model)) - quantized
 
 
 # --------------------------------------------------------------------------- model base class
@@ -107,6 +106,50 @@ class SegmentationModel(nn.Module):
                 f"{self.arch}: expected images shaped (B, 3, H, W), got {tuple(x.shape)}"
             )
         self.check_input_size(x.shape[-2], x.shape[-1])
+
+
+class TransformerSegmentationModel(SegmentationModel):
+    """ViT and Swin: 16-px patch tokens plus a learned position table, pre-norm blocks, a final
+    LayerNorm and the upsampling decoder; only the blocks' qkv, proj, fc1 and fc2 are quantized.
+
+    A subclass builds its trunk with ``build_trunk`` and writes its own ``forward``.
+    """
+
+    def build_trunk(
+        self, cfg, attention: Callable[[int], nn.Module], *, cls_token: bool = False
+    ) -> None:
+        """Patch embedding, [CLS], position table (+ dropout), ``cfg.depth`` blocks whose block
+        ``i`` attends with ``attention(i)``, final norm and decoder, then the init rule.
+
+        Creation order is the models' parameter order and their draw order from the RNG."""
+        d = cfg.dim
+        self.config = cfg
+        self.grid = (cfg.img_size // PATCH, cfg.img_size // PATCH)
+        self.patch_embed = PatchEmbed(d)
+        if cls_token:
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
+        tokens = int(cls_token) + self.grid[0] * self.grid[1]
+        self.pos_embed = nn.Parameter(torch.zeros(1, tokens, d))
+        self.pos_drop = nn.Dropout(cfg.drop_rate)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(d, attention(i), cfg.hidden, cfg.drop_rate, rate)
+            for i, rate in enumerate(drop_path_rates(cfg.drop_path_rate, cfg.depth))
+        )
+        self.norm = nn.LayerNorm(d)
+        self.decoder = UpsampleDecoder(d)
+        trunc_normal_(self.pos_embed, std=0.02)
+        if cls_token:
+            trunc_normal_(self.cls_token, std=0.02)
+        self.apply(init_transformer_weights)
+
+    def full_precision_layers(self) -> set[str]:
+        """Every GEMM layer except the blocks' qkv, proj, fc1 and fc2."""
+        quantized = {
+            name
+            for name in gemm_layers(self)
+            if name.startswith("blocks.") and name.endswith(TRANSFORMER_QUANTIZED_LEAVES)
+        }
+        return set(gemm_layers(self)) - quantized
 
 
 # --------------------------------------------------------------------------- layers
@@ -312,21 +355,40 @@ def require_rate(owner: str, field: str, value: object) -> None:
         raise ValueError(f"{owner}.{field} must be a number in [0, 1), got {value!r}")
 
 
-def check_transformer_fields(owner: str, cfg) -> None:
-    """Validate the fields ViT and Swin configs share (dims NVFP4-tileable, rates in [0, 1))."""
-    require_int(owner, "dim", cfg.dim, multiple=NVFP4_BLOCK)
-    require_int(owner, "depth", cfg.depth)
-    require_int(owner, "heads", cfg.heads)
-    if cfg.dim % cfg.heads:
-        raise ValueError(f"{owner}.dim ({cfg.dim}) must be divisible by heads ({cfg.heads})")
-    if isinstance(cfg.mlp_ratio, bool) or not isinstance(cfg.mlp_ratio, int | float):
-        raise ValueError(f"{owner}.mlp_ratio must be a number, got {cfg.mlp_ratio!r}")
-    hidden = int(cfg.dim * cfg.mlp_ratio)
-    if hidden <= 0 or hidden % NVFP4_BLOCK:
-        raise ValueError(
-            f"{owner}: MLP hidden width dim*mlp_ratio = {cfg.dim}*{cfg.mlp_ratio} = {hidden} must "
-            f"be a positive multiple of {NVFP4_BLOCK} (NVFP4 block size of fc1/fc2)"
-        )
-    require_int(owner, "img_size", cfg.img_size, multiple=PATCH)
-    for field in ("drop_rate", "attn_drop_rate", "drop_path_rate"):
-        require_rate(owner, field, getattr(cfg, field))
+@dataclass(frozen=True)
+class TransformerConfig:
+    """The hyperparameters ViT and Swin share, validated on construction (dims NVFP4-tileable,
+    rates in [0, 1)); errors name the subclass, e.g. ``ViTConfig.dim``."""
+
+    dim: int = 64
+    depth: int = 10
+    heads: int = 2
+    mlp_ratio: float = 3.0
+    img_size: int = 256
+    drop_rate: float = 0.1  # position dropout, attention output projection and MLP
+    attn_drop_rate: float = 0.1  # on the attention probabilities
+    drop_path_rate: float = 0.1  # stochastic depth of the last block
+
+    def __post_init__(self) -> None:
+        owner = type(self).__name__
+        require_int(owner, "dim", self.dim, multiple=BLOCK)
+        require_int(owner, "depth", self.depth)
+        require_int(owner, "heads", self.heads)
+        if self.dim % self.heads:
+            raise ValueError(f"{owner}.dim ({self.dim}) must be divisible by heads ({self.heads})")
+        if isinstance(self.mlp_ratio, bool) or not isinstance(self.mlp_ratio, int | float):
+            raise ValueError(f"{owner}.mlp_ratio must be a number, got {self.mlp_ratio!r}")
+        hidden = int(self.dim * self.mlp_ratio)
+        if hidden <= 0 or hidden % BLOCK:
+            raise ValueError(
+                f"{owner}: MLP hidden width dim*mlp_ratio = {self.dim}*{self.mlp_ratio} = "
+                f"{hidden} must be a positive multiple of {BLOCK} (NVFP4 block size of fc1/fc2)"
+            )
+        require_int(owner, "img_size", self.img_size, multiple=PATCH)
+        for field in ("drop_rate", "attn_drop_rate", "drop_path_rate"):
+            require_rate(owner, field, getattr(self, field))
+
+    @property
+    def hidden(self) -> int:
+        """The MLP's hidden width, dim * mlp_ratio."""
+        return int(self.dim * self.mlp_ratio)

@@ -17,6 +17,7 @@ The sweep's two ViT variants (vit_adamw, vit_adamax) differ only in the optimize
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -72,6 +73,11 @@ def list_scales(arch: str) -> list[str]:
     return list(PRESETS[_check_arch(arch)])
 
 
+def all_scales() -> list[str]:
+    """Every scale preset of any arch, smallest first (each arch has the same ones today)."""
+    return list(dict.fromkeys(scale for presets in PRESETS.values() for scale in presets))
+
+
 def get_config(arch: str, scale: str, **overrides: Any):
     """The validated, frozen config of (arch, scale) with `overrides` applied."""
     spec = ARCHS[_check_arch(arch)]
@@ -95,6 +101,17 @@ def build_model(arch: str, scale: str, **overrides: Any) -> nn.Module:
     under ``with torch.device("meta"):`` to inspect shapes and counts without allocating.
     """
     return ARCHS[_check_arch(arch)].build(get_config(arch, scale, **overrides))
+
+
+@functools.cache
+def quantized_layer_kinds(arch: str) -> frozenset[str]:
+    """{"linear", "conv"}: the kinds of layer a recipe quantizes in `arch` (any scale)."""
+    from models.layers import quantized_layers
+
+    model = build_model(arch, list_scales(arch)[0])
+    return frozenset(
+        "linear" if isinstance(m, nn.Linear) else "conv" for m in quantized_layers(model).values()
+    )
 
 
 def _check_arch(arch: str) -> str:

@@ -61,17 +61,11 @@ from torch import nn
 
 from models.layers import (
     PATCH,
-    PatchEmbed,
-    SegmentationModel,
-    TransformerBlock,
-    UpsampleDecoder,
-    check_transformer_fields,
-    drop_path_rates,
-    init_transformer_weights,
+    TransformerConfig,
+    TransformerSegmentationModel,
     require_int,
     resample_pos_embed,
     tokens_to_map,
-    transformer_full_precision_layers,
     trunc_normal_,
 )
 
@@ -79,20 +73,15 @@ MASK_VALUE = -100.0  # the standard Swin region-mask logit: exp(-100) is 0 in fp
 
 
 @dataclass(frozen=True)
-class SwinConfig:
-    dim: int = 64
-    depth: int = 10
+class SwinConfig(TransformerConfig):
+    """The shared transformer fields (4 heads by default), the window and the shift rule."""
+
     heads: int = 4
-    mlp_ratio: float = 3.0
     window: int = 4
-    img_size: int = 256
-    drop_rate: float = 0.1
-    attn_drop_rate: float = 0.1
-    drop_path_rate: float = 0.1
     shift_when_window_covers_grid: bool = True  # the paper's code; see the module docstring
 
     def __post_init__(self) -> None:
-        check_transformer_fields("SwinConfig", self)
+        super().__post_init__()
         require_int("SwinConfig", "window", self.window)
         grid = self.img_size // PATCH
         if grid % self.window:
@@ -106,10 +95,6 @@ class SwinConfig:
                 "SwinConfig.shift_when_window_covers_grid must be True or False, got "
                 f"{self.shift_when_window_covers_grid!r}"
             )
-
-    @property
-    def hidden(self) -> int:
-        return int(self.dim * self.mlp_ratio)
 
 
 # --------------------------------------------------------------------------- window geometry
@@ -233,40 +218,18 @@ class WindowAttention(nn.Module):
         return self.proj_drop(self.proj(x))
 
 
-class Swin(SegmentationModel):
+class Swin(TransformerSegmentationModel):
     """Windowed ViT on one token grid (see the module docstring)."""
 
     arch = "swin"
 
     def __init__(self, cfg: SwinConfig) -> None:
         super().__init__()
-        self.config = cfg
-        d = cfg.dim
         self.input_multiple = PATCH * cfg.window
         self.input_rule = (
             f"16-px patches and a token grid tiled by the {cfg.window}x{cfg.window} window"
         )
-        self.grid = (cfg.img_size // PATCH, cfg.img_size // PATCH)
-        self.patch_embed = PatchEmbed(d)
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.grid[0] * self.grid[1], d))
-        self.pos_drop = nn.Dropout(cfg.drop_rate)
-        self.blocks = nn.ModuleList(
-            TransformerBlock(
-                d,
-                WindowAttention(d, cfg, shifted_block=i % 2 == 1),
-                cfg.hidden,
-                cfg.drop_rate,
-                rate,
-            )
-            for i, rate in enumerate(drop_path_rates(cfg.drop_path_rate, cfg.depth))
-        )
-        self.norm = nn.LayerNorm(d)
-        self.decoder = UpsampleDecoder(d)
-        trunc_normal_(self.pos_embed, std=0.02)
-        self.apply(init_transformer_weights)
-
-    def full_precision_layers(self) -> set[str]:
-        return transformer_full_precision_layers(self)
+        self.build_trunk(cfg, lambda i: WindowAttention(cfg.dim, cfg, shifted_block=i % 2 == 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)

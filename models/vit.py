@@ -40,37 +40,16 @@ from torch import nn
 
 from models.layers import (
     PATCH,
-    PatchEmbed,
-    SegmentationModel,
-    TransformerBlock,
-    UpsampleDecoder,
-    check_transformer_fields,
-    drop_path_rates,
-    init_transformer_weights,
+    TransformerConfig,
+    TransformerSegmentationModel,
     resample_pos_embed,
     tokens_to_map,
-    transformer_full_precision_layers,
-    trunc_normal_,
 )
 
 
 @dataclass(frozen=True)
-class ViTConfig:
-    dim: int = 64
-    depth: int = 10
-    heads: int = 2
-    mlp_ratio: float = 3.0
-    img_size: int = 256
-    drop_rate: float = 0.1  # position dropout, attention output projection and MLP
-    attn_drop_rate: float = 0.1  # on the attention probabilities
-    drop_path_rate: float = 0.1  # stochastic depth of the last block
-
-    def __post_init__(self) -> None:
-        check_transformer_fields("ViTConfig", self)
-
-    @property
-    def hidden(self) -> int:
-        return int(self.dim * self.mlp_ratio)
+class ViTConfig(TransformerConfig):
+    """The ViT's hyperparameters: exactly the shared transformer fields."""
 
 
 class Attention(nn.Module):
@@ -93,7 +72,7 @@ class Attention(nn.Module):
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(b, n, c)))
 
 
-class ViT(SegmentationModel):
+class ViT(TransformerSegmentationModel):
     """Vision transformer for segmentation (see the module docstring)."""
 
     arch = "vit"
@@ -102,31 +81,11 @@ class ViT(SegmentationModel):
 
     def __init__(self, cfg: ViTConfig) -> None:
         super().__init__()
-        self.config = cfg
-        d = cfg.dim
-        self.grid = (cfg.img_size // PATCH, cfg.img_size // PATCH)
-        self.patch_embed = PatchEmbed(d)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
-        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid[0] * self.grid[1], d))
-        self.pos_drop = nn.Dropout(cfg.drop_rate)
-        self.blocks = nn.ModuleList(
-            TransformerBlock(
-                d,
-                Attention(d, cfg.heads, cfg.attn_drop_rate, cfg.drop_rate),
-                cfg.hidden,
-                cfg.drop_rate,
-                rate,
-            )
-            for rate in drop_path_rates(cfg.drop_path_rate, cfg.depth)
+        self.build_trunk(
+            cfg,
+            lambda i: Attention(cfg.dim, cfg.heads, cfg.attn_drop_rate, cfg.drop_rate),
+            cls_token=True,
         )
-        self.norm = nn.LayerNorm(d)
-        self.decoder = UpsampleDecoder(d)
-        trunc_normal_(self.pos_embed, std=0.02)
-        trunc_normal_(self.cls_token, std=0.02)
-        self.apply(init_transformer_weights)
-
-    def full_precision_layers(self) -> set[str]:
-        return transformer_full_precision_layers(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)

@@ -8,7 +8,10 @@
 - `quant.recipes`: QAT recipes as data (`get_recipe`, `list_recipes`): the paper's eight
   (`PAPER_RECIPES`), two 4over6 built-ins, and recipes declared as data (`declare_recipe`).
 - `quant.functional`: linear / conv2d / conv_transpose2d running three NVFP4 GEMMs per recipe.
-- `quant.prepare(model, recipe)`: convert a model's layers in place (`is_quantized`).
+- `quant.prepare(model, recipe, skip=...)`: convert a model's layers in place (`is_quantized`,
+  `unprepare`); `skip(name, module)` is True to leave a layer alone, the opposite of torchao's
+  `filter_fn(module, fqn)` (docs/design.md s3).
+- `quant.gemm`, `quant.conv`: the emulated GEMM and how Linear and convolutions map onto it.
 - `quant.telemetry`: per-layer quantization error (SQNR, zero-scale blocks).
 - `quant.te`: the optional Transformer Engine backend (imports TE lazily).
 - `quant.compile`: torch.compile of a quantized model with bit-exact compiler settings.

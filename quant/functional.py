@@ -1,8 +1,8 @@
 """Quantized linear, conv2d and conv_transpose2d: the three GEMMs, run as the recipe says.
 
 `linear(x, weight, bias, recipe=..., generator=...)` is differentiable like F.linear, but its
-forward and both backward GEMMs are NVFP4 GEMMs (quant.gemm) whose operands are prepared per the
-recipe's six slots (quant.recipes):
+forward and both backward GEMMs are NVFP4 GEMMs (quant.gemm; convolutions: quant.conv) whose
+operands are prepared per the recipe's six slots (quant.recipes):
 
     forward    Y  = FPROP(fprop_input(X), fprop_weight(W)) (+ bias, in high precision)
     backward   dX = DGRAD(dgrad_grad_output(dY), dgrad_weight(W))
@@ -52,16 +52,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.modules.utils import _pair
 
-from quant.gemm import (
-    BLOCK,
-    Conv2dGemms,
-    ConvGeometry,
-    ConvTranspose2dGemms,
-    GemmOperand,
-    LayerGemms,
-    LinearGemms,
-    Observer,
-)
+from quant.conv import Conv2dGemms, ConvGeometry, ConvTranspose2dGemms
+from quant.gemm import GemmOperand, LayerGemms, LinearGemms, Observer
+from quant.nvfp4 import BLOCK
 from quant.recipes import SLOTS, Recipe, get_recipe
 
 
@@ -69,9 +62,9 @@ class _QuantizedGemms(torch.autograd.Function):
     """Forward: FPROP. Backward: DGRAD and WGRAD, with operands prepared per the recipe."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, gemms, recipe, generator, observe):
-        x_q = gemms.operand("fprop", "input", x, recipe.fprop_input, generator, observe)
-        w_q = gemms.operand("fprop", "weight", weight, recipe.fprop_weight, generator, observe)
+    def forward(ctx, x, weight, bias, gemms: LayerGemms, recipe: Recipe):
+        x_q = gemms.operand("fprop", "input", x, recipe.fprop_input)
+        w_q = gemms.operand("fprop", "weight", weight, recipe.fprop_weight)
         y = gemms.fprop(x_q, w_q, None)
         if bias is not None:
             y = y + gemms.broadcast_bias(bias.to(y.dtype))
@@ -83,36 +76,32 @@ class _QuantizedGemms(torch.autograd.Function):
             *(x_q[:2] if keep_x_q else (None, None)),
             *(w_q[:2] if keep_w_q else (None, None)),
         )
-        ctx.gemms, ctx.recipe, ctx.generator, ctx.observe = gemms, recipe, generator, observe
+        ctx.gemms, ctx.recipe = gemms, recipe
         ctx.x_shape, ctx.x_dtype, ctx.has_bias = x.shape, x.dtype, bias is not None
         return y.to(x.dtype)
 
     @staticmethod
     def backward(ctx, dy):
         x, weight, x_values, x_amax, w_values, w_amax = ctx.saved_tensors
-        gemms, recipe, generator, observe = ctx.gemms, ctx.recipe, ctx.generator, ctx.observe
+        gemms, recipe = ctx.gemms, ctx.recipe
         dx = dw = db = None
         with _autocast_off(dy):
             if ctx.needs_input_grad[0]:
-                dy_q = gemms.operand(
-                    "dgrad", "grad_output", dy, recipe.dgrad_grad_output, generator, observe
-                )
+                dy_q = gemms.operand("dgrad", "grad_output", dy, recipe.dgrad_grad_output)
                 if w_values is not None:
                     w_q = GemmOperand(w_values, w_amax, recipe.fprop_weight.tensor_scale)
                 else:
-                    w_q = gemms.operand(
-                        "dgrad", "weight", weight, recipe.dgrad_weight, generator, observe
-                    )
+                    w_q = gemms.operand("dgrad", "weight", weight, recipe.dgrad_weight)
                 dx = gemms.dgrad(dy_q, w_q, ctx.x_shape, ctx.x_dtype)
             if ctx.needs_input_grad[1]:
                 x_in = x
                 if x_values is not None:
                     x_in = GemmOperand(x_values, x_amax, recipe.fprop_input.tensor_scale)
                 ops = (recipe.wgrad_grad_output, recipe.wgrad_input)
-                dw = gemms.wgrad(dy, x_in, ops, generator, observe, weight.dtype)
+                dw = gemms.wgrad(dy, x_in, ops, weight.dtype)
             if ctx.has_bias and ctx.needs_input_grad[2]:
                 db = gemms.bias_grad(dy)
-        return dx, dw, db, None, None, None, None
+        return dx, dw, db, None, None
 
 
 def _same_tiles(recipe: Recipe) -> bool:
@@ -165,10 +154,10 @@ def check_block_dims(dims: dict[str, int], name: str) -> None:
             )
 
 
-def _apply(x, weight, bias, gemms: LayerGemms, recipe, generator, observe) -> Tensor:
+def _apply(x, weight, bias, gemms: LayerGemms, recipe: Recipe) -> Tensor:
     x, weight, bias = _autocast_inputs(x, weight, bias)
     with _autocast_off(x):
-        return _QuantizedGemms.apply(x, weight, bias, gemms, recipe, generator, observe)
+        return _QuantizedGemms.apply(x, weight, bias, gemms, recipe)
 
 
 # --------------------------------------------------------------------------- public ops
@@ -191,7 +180,8 @@ def linear(
     check_block_dims({"in_features": weight.shape[1], "out_features": weight.shape[0]}, name)
     _check_generator(recipe, generator, name)
     lead = x.shape[:-1]
-    y = _apply(x.reshape(-1, x.shape[-1]), weight, bias, LinearGemms(), recipe, generator, observe)
+    gemms = LinearGemms(generator, observe)
+    y = _apply(x.reshape(-1, x.shape[-1]), weight, bias, gemms, recipe)
     return y.reshape(*lead, weight.shape[0])
 
 
@@ -213,15 +203,12 @@ def conv2d(
     recipe = get_recipe(recipe)
     if not recipe.quantized:
         return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
-    _check_conv(groups, weight.shape[1], weight.shape[0], name)
-    _check_conv_recipe(recipe, name)
-    _check_generator(recipe, generator, name)
+    _check_conv(recipe, generator, groups, weight.shape[1], weight.shape[0], name)
     kernel = tuple(weight.shape[2:])
-    geo = ConvGeometry(
-        _pair(stride), _conv_padding(padding, kernel, dilation, name), _pair(dilation)
-    )
-    gemms = Conv2dGemms(weight.shape, kernel, geo)
-    return _unbatched(x, lambda xb: _apply(xb, weight, bias, gemms, recipe, generator, observe))
+    padding = _conv_padding(padding, kernel, dilation, name)
+    geo = ConvGeometry(_pair(stride), padding, _pair(dilation))
+    gemms = Conv2dGemms(weight.shape, kernel, geo, generator, observe)
+    return _unbatched(x, lambda xb: _apply(xb, weight, bias, gemms, recipe))
 
 
 def conv_transpose2d(
@@ -245,13 +232,10 @@ def conv_transpose2d(
         return F.conv_transpose2d(
             x, weight, bias, stride, padding, output_padding, groups, dilation
         )
-    _check_conv(groups, weight.shape[0], weight.shape[1], name)
-    _check_conv_recipe(recipe, name)
-    _check_generator(recipe, generator, name)
-    kernel = tuple(weight.shape[2:])
+    _check_conv(recipe, generator, groups, weight.shape[0], weight.shape[1], name)
     geo = ConvGeometry(_pair(stride), _pair(padding), _pair(dilation), _pair(output_padding))
-    gemms = ConvTranspose2dGemms(weight.shape, kernel, geo)
-    return _unbatched(x, lambda xb: _apply(xb, weight, bias, gemms, recipe, generator, observe))
+    gemms = ConvTranspose2dGemms(weight.shape, tuple(weight.shape[2:]), geo, generator, observe)
+    return _unbatched(x, lambda xb: _apply(xb, weight, bias, gemms, recipe))
 
 
 def _check_conv_recipe(recipe: Recipe, name: str) -> None:
@@ -266,13 +250,19 @@ def _check_conv_recipe(recipe: Recipe, name: str) -> None:
         )
 
 
-def _check_conv(groups: int, in_channels: int, out_channels: int, name: str) -> None:
+def _check_conv(
+    recipe: Recipe, generator, groups: int, in_channels: int, out_channels: int, name: str
+) -> None:
+    """What a quantized convolution needs: groups=1, channels in whole blocks, a recipe without
+    row scaling, and a generator for stochastic rounding."""
     if groups != 1:
         raise NotImplementedError(
             f"{name}: groups={groups}; quantized convolutions support groups=1 only "
             "(keep grouped/depthwise convolutions in full precision)"
         )
     check_block_dims({"in_channels": in_channels, "out_channels": out_channels}, name)
+    _check_conv_recipe(recipe, name)
+    _check_generator(recipe, generator, name)
 
 
 def _conv_padding(padding, kernel: tuple[int, int], dilation, name: str) -> tuple[int, int]:

@@ -8,9 +8,11 @@ built before `prepare` keeps working, a checkpoint loads either way, and nothing
 
 - Left alone: every layer named in `model.full_precision_layers()` (a model's own declaration,
   e.g. the CNN's first conv) and every layer matched by `skip` (names, or a callable
-  `(name, module) -> bool`). Only the exact classes nn.Linear / nn.Conv2d / nn.ConvTranspose2d
-  are converted: subclasses such as nn.MultiheadAttention's out_proj are used through F.*
-  calls that never reach a module's forward, so converting them would be a silent no-op.
+  `skip(name, module) -> bool`, True to leave the layer alone: the opposite polarity and
+  argument order of torchao's `filter_fn(module, fqn)`, see `prepare`). Only the exact classes
+  nn.Linear / nn.Conv2d / nn.ConvTranspose2d are converted: subclasses such as
+  nn.MultiheadAttention's out_proj are used through F.* calls that never reach a module's
+  forward, so converting them would be a silent no-op.
 - A layer that cannot be quantized (a channel or feature count that is not a multiple of 16,
   grouped convolutions, non-zero padding modes) raises, naming the layer: declare it full
   precision or skip it. Decisions never depend on the recipe, so the same layers are converted
@@ -25,101 +27,95 @@ built before `prepare` keeps working, a checkpoint loads either way, and nothing
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from quant import functional as qf
-from quant import nvfp4, telemetry
+from quant import nvfp4
+from quant.gemm import Observer
 from quant.recipes import Recipe, get_recipe
 
+__all__ = [
+    "QConv2d",
+    "QConvTranspose2d",
+    "QLinear",
+    "Skip",
+    "converted_layers",
+    "is_quantized",
+    "prepare",
+    "skip_rule",
+    "unprepare",
+]
+
+#: Layers `prepare` leaves alone: qualified names, or `skip(name, module) -> bool` (True: leave it).
 Skip = Iterable[str] | Callable[[str, nn.Module], bool] | None
 
 
-class QuantizedLayer:
+class _QuantizedLayer:
     """Mixin of the converted layers: the recipe, the shared SR generator and the layer's name."""
 
     recipe: Recipe
     generator: torch.Generator | None
     layer_name: str
+    #: Set by quant.telemetry.collect while it measures: (layer) -> the observer of one forward.
+    start_observing: Callable[[nn.Module], Observer] | None = None
 
-    def _observer(self):
-        return telemetry.observer(self)
+    def _gemm_options(self) -> dict[str, Any]:
+        """The quant.functional keywords every forward passes: recipe, generator, observer, name."""
+        start = self.start_observing
+        return {
+            "recipe": self.recipe,
+            "generator": self.generator,
+            "observe": None if start is None else start(self),
+            "name": self.layer_name,
+        }
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, recipe={self.recipe.name}"
 
 
-class QLinear(QuantizedLayer, nn.Linear):
+class QLinear(_QuantizedLayer, nn.Linear):
     """nn.Linear whose three GEMMs follow `self.recipe` (quant.functional.linear)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return qf.linear(
-            x,
-            self.weight,
-            self.bias,
-            recipe=self.recipe,
-            generator=self.generator,
-            observe=self._observer(),
-            name=self.layer_name,
-        )
+        return qf.linear(x, self.weight, self.bias, **self._gemm_options())
 
 
-class QConv2d(QuantizedLayer, nn.Conv2d):
+class QConv2d(_QuantizedLayer, nn.Conv2d):
     """nn.Conv2d whose implicit GEMMs follow `self.recipe` (quant.functional.conv2d)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return qf.conv2d(
-            x,
-            self.weight,
-            self.bias,
-            self.stride,
-            self.padding,
-            self.dilation,
-            self.groups,
-            recipe=self.recipe,
-            generator=self.generator,
-            observe=self._observer(),
-            name=self.layer_name,
-        )
+        geometry = (self.stride, self.padding, self.dilation, self.groups)
+        return qf.conv2d(x, self.weight, self.bias, *geometry, **self._gemm_options())
 
 
-class QConvTranspose2d(QuantizedLayer, nn.ConvTranspose2d):
+class QConvTranspose2d(_QuantizedLayer, nn.ConvTranspose2d):
     """nn.ConvTranspose2d whose GEMMs follow `self.recipe` (quant.functional.conv_transpose2d)."""
 
     def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
         output_padding = self._output_padding(
             x, output_size, self.stride, self.padding, self.kernel_size, 2, self.dilation
         )
-        return qf.conv_transpose2d(
-            x,
-            self.weight,
-            self.bias,
-            self.stride,
-            self.padding,
-            output_padding,
-            self.groups,
-            self.dilation,
-            recipe=self.recipe,
-            generator=self.generator,
-            observe=self._observer(),
-            name=self.layer_name,
-        )
+        geometry = (self.stride, self.padding, output_padding, self.groups, self.dilation)
+        return qf.conv_transpose2d(x, self.weight, self.bias, *geometry, **self._gemm_options())
 
 
 #: exact class -> its quantized class (subclasses are deliberately not matched).
-QUANTIZED_CLASS: dict[type[nn.Module], type[nn.Module]] = {
+_QUANTIZED_CLASS: dict[type[nn.Module], type[nn.Module]] = {
     nn.Linear: QLinear,
     nn.Conv2d: QConv2d,
     nn.ConvTranspose2d: QConvTranspose2d,
 }
-_ORIGINAL_CLASS = {q: base for base, q in QUANTIZED_CLASS.items()}
+_ORIGINAL_CLASS = {q: base for base, q in _QUANTIZED_CLASS.items()}
 
 
 def is_quantized(module: nn.Module) -> bool:
     """True for a layer converted by `prepare` (whatever its current recipe)."""
-    return isinstance(module, QuantizedLayer)
+    return isinstance(module, _QuantizedLayer)
 
 
 def prepare(
@@ -132,6 +128,14 @@ def prepare(
     """Convert `model`'s Linear/Conv2d/ConvTranspose2d layers in place to run `recipe`.
 
     Returns `model` (the same object). See the module docstring for what is converted.
+
+    `skip`: layers to leave in full precision, beyond `model.full_precision_layers()`: an
+    iterable of qualified names (from `model.named_modules()`), or a callable called as
+    `skip(name, module)` that returns True for a layer to LEAVE ALONE. That is the opposite of
+    torchao's `quantize_(model, config, filter_fn)`, whose `filter_fn(module, fqn)` takes the
+    module first and returns True for a layer to QUANTIZE; reuse one as
+    `skip=lambda name, module: not filter_fn(module, name)`. A callable whose parameters are
+    spelled like torchao's (one named `fqn`, or `module` first) is refused with that advice.
     """
     recipe = get_recipe(recipe)
     if recipe.stochastic and generator is None:
@@ -151,9 +155,9 @@ def prepare(
             continue
         if is_quantized(module):
             module.recipe, module.generator = recipe, generator
-        elif type(module) in QUANTIZED_CLASS:
+        elif type(module) in _QUANTIZED_CLASS:
             _check_quantizable(name, module)
-            module.__class__ = QUANTIZED_CLASS[type(module)]
+            module.__class__ = _QUANTIZED_CLASS[type(module)]
             module.recipe, module.generator, module.layer_name = recipe, generator, name or "model"
     return model
 
@@ -166,8 +170,12 @@ def unprepare(model: nn.Module) -> nn.Module:
     return model
 
 
-def quantized_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Qualified name -> converted layer, in module order."""
+def converted_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Qualified name -> layer that `prepare` converted (`is_quantized`), in module order.
+
+    What *was* converted; models.layers.quantized_layers is what a recipe *would* quantize, read
+    off a model's declaration (`full_precision_layers()`) without preparing it.
+    """
     return {name: m for name, m in model.named_modules() if is_quantized(m)}
 
 
@@ -175,6 +183,8 @@ def skip_rule(model: nn.Module, skip: Skip) -> Callable[[str, nn.Module], bool]:
     """(name, module) -> True for the layers `prepare` leaves alone (declared or skipped)."""
     declared = model.full_precision_layers() if hasattr(model, "full_precision_layers") else ()
     names = set(declared)
+    if callable(skip):
+        _check_skip_signature(skip)
     if skip is not None and not callable(skip):
         if isinstance(skip, str):
             raise TypeError("skip must be an iterable of layer names or a callable, not a str")
@@ -189,6 +199,20 @@ def skip_rule(model: nn.Module, skip: Skip) -> Callable[[str, nn.Module], bool]:
     if callable(skip):
         return lambda name, module: name in names or bool(skip(name, module))
     return lambda name, module: name in names
+
+
+def _check_skip_signature(skip: Callable) -> None:
+    """Refuse a torchao-style filter_fn(module, fqn) passed as `skip` (opposite polarity)."""
+    try:
+        params = list(inspect.signature(skip).parameters)
+    except (TypeError, ValueError):  # builtins and some C callables have no signature
+        return
+    if "fqn" in params or params[:1] in (["module"], ["mod"]):
+        raise TypeError(
+            f"skip{tuple(params)} looks like torchao's filter_fn(module, fqn), which returns "
+            "True to quantize; prepare calls skip(name, module) and leaves the layer alone when "
+            "it returns True: pass skip=lambda name, module: not filter_fn(module, name)"
+        )
 
 
 def _check_quantizable(name: str, module: nn.Module) -> None:

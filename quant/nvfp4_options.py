@@ -25,8 +25,12 @@ combinations with the same words.
 
 from __future__ import annotations
 
-FOUR_OVER_SIX_MODES: tuple[str, ...] = ("mae", "mse")
-E4M3_MAXES: tuple[int, ...] = (448, 256)
+__all__ = [
+    "check_options",
+]
+
+_FOUR_OVER_SIX_MODES: tuple[str, ...] = ("mae", "mse")
+_E4M3_MAXES: tuple[int, ...] = (448, 256)
 
 
 def check_options(
@@ -46,7 +50,7 @@ def check_options(
     `what` prefixes the message (the function or slot); empty for none.
     """
     where = f"{what}: " if what else ""
-    if four_over_six is not None and four_over_six not in FOUR_OVER_SIX_MODES:
+    if four_over_six is not None and four_over_six not in _FOUR_OVER_SIX_MODES:
         raise ValueError(
             f"{where}four_over_six must be None, 'mae' or 'mse', got {four_over_six!r}"
         )
@@ -54,7 +58,7 @@ def check_options(
         raise TypeError(f"{where}four_over_six_fast must be a bool, got {four_over_six_fast!r}")
     if not isinstance(row_scaled, bool):
         raise TypeError(f"{where}row_scaled must be a bool, got {row_scaled!r}")
-    if e4m3_max not in E4M3_MAXES or isinstance(e4m3_max, bool):
+    if e4m3_max not in _E4M3_MAXES or isinstance(e4m3_max, bool):
         raise ValueError(f"{where}e4m3_max must be 448 or 256, got {e4m3_max!r}")
     if four_over_six is None:
         if four_over_six_fast:

@@ -29,8 +29,8 @@ A quantized operand also carries TE 2.20's two options (quant.nvfp4_options, qua
 - `row_scaled=True`: one tensor scale per row of the operand's (rows, contraction) matrix, 1x16
   only; the GEMM's alpha becomes a vector. Linear layers only (an im2col row mixes pixels).
 
-The table of docs/nvfp4.md section 5 is then eight rows of data in `_REGISTRY`; the autograd code in
-`quant.functional` never branches on a recipe's name, so a ninth recipe is one more
+The table of docs/nvfp4.md section 5 is then eight rows of data (`_PAPER_ROWS`); the autograd
+code in `quant.functional` never branches on a recipe's name, so a ninth recipe is one more
 `register_recipe(Recipe(...))` call. Rules that keep a recipe meaningful are checked on
 construction (`Recipe.__post_init__`): stochastic rounding only on gradients (docs/nvfp4.md s3), the
 RHT only on 1x16 blocks, `fprop` reuse only for a slot whose tensor FPROP quantized (and not
@@ -47,9 +47,31 @@ from typing import Any, Literal
 
 from quant.nvfp4_options import check_options
 
+__all__ = [
+    "FWD",
+    "GEMMS",
+    "HP",
+    "PAPER_RECIPES",
+    "Q",
+    "Q2",
+    "Q2_4O6",
+    "QH",
+    "QH_SR",
+    "Q_4O6",
+    "Q_SR",
+    "SLOTS",
+    "Mode",
+    "Operand",
+    "Recipe",
+    "declare_recipe",
+    "get_recipe",
+    "list_recipes",
+    "register_recipe",
+]
+
 Mode = Literal["hp", "quantize", "fprop"]
-MODES: tuple[str, ...] = ("hp", "quantize", "fprop")
-BLOCKS: tuple[tuple[int, int], ...] = ((1, 16), (16, 16))
+_MODES: tuple[str, ...] = ("hp", "quantize", "fprop")
+_BLOCKS: tuple[tuple[int, int], ...] = ((1, 16), (16, 16))
 
 #: (gemm, role) of every operand slot, in table order; `Recipe` has one field per slot,
 #: named f"{gemm}_{role}".
@@ -82,11 +104,11 @@ class Operand:
     row_scaled: bool = False
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"Operand.mode must be one of {MODES}, got {self.mode!r}")
+        if self.mode not in _MODES:
+            raise ValueError(f"Operand.mode must be one of {_MODES}, got {self.mode!r}")
         object.__setattr__(self, "block", tuple(self.block))
-        if self.block not in BLOCKS:
-            raise ValueError(f"Operand.block must be one of {BLOCKS}, got {self.block!r}")
+        if self.block not in _BLOCKS:
+            raise ValueError(f"Operand.block must be one of {_BLOCKS}, got {self.block!r}")
         if self.e4m3_max is None:
             object.__setattr__(self, "e4m3_max", 448 if self.four_over_six is None else 256)
         settings = (self.block, self.rht, self.stochastic, self.four_over_six)
@@ -106,10 +128,7 @@ class Operand:
             block=self.block,
             stochastic=self.stochastic,
             rht=self.rht,
-            four_over_six=self.four_over_six,
-            four_over_six_fast=self.four_over_six_fast,
-            e4m3_max=self.e4m3_max,
-            row_scaled=self.row_scaled,
+            **self.quantizer_options(),
             amax_given=False,
             what="",
         )
@@ -268,7 +287,6 @@ class Recipe:
 
 
 # --------------------------------------------------------------------------- the registry
-# docs/nvfp4.md section 5, row by row.
 
 _REGISTRY: dict[str, Recipe] = {}
 
@@ -285,11 +303,6 @@ def register_recipe(recipe: Recipe, *, overwrite: bool = False) -> Recipe:
                 raise ValueError(f"paper id {recipe.paper_id} already belongs to {other.name!r}")
     _REGISTRY[recipe.name] = recipe
     return recipe
-
-
-def unregister_recipe(name: str) -> None:
-    """Remove a recipe added by `register_recipe` (tests use this to clean up)."""
-    _REGISTRY.pop(get_recipe(name).name)
 
 
 def get_recipe(name: str | Recipe) -> Recipe:
@@ -311,140 +324,56 @@ def list_recipes() -> list[str]:
     return [r.name for r in sorted(_REGISTRY.values(), key=order)]
 
 
-for _recipe in (
-    Recipe(
-        "baseline",
-        0,
-        "BF16 baseline",
-        description="no quantization: all three GEMMs in high precision",
-    ),
-    Recipe(
-        "nvfp4",
-        1,
-        "NVFP4 Full",
-        fprop_input=Q,
-        fprop_weight=Q,
-        dgrad_grad_output=Q,
-        dgrad_weight=Q,
-        wgrad_grad_output=Q,
-        wgrad_input=Q,
-        description="every operand 1x16, round-to-nearest, re-quantized along each GEMM's "
-        "contraction dim",
-    ),
-    Recipe(
-        "fwd_only",
-        2,
-        "Forward only",
-        fprop_input=Q,
-        fprop_weight=Q,
-        description="quantized forward; straight-through high-precision backward with the "
-        "original X and W",
-    ),
-    Recipe(
-        "chain_rule",
-        3,
-        "Chain rule",
-        fprop_input=Q,
-        fprop_weight=Q,
-        dgrad_weight=FWD,
-        wgrad_input=FWD,
-        description="quantized forward; backward GEMMs take HP dY and the forward's quantized X, W",
-    ),
-    Recipe(
-        "2d_rht",
-        4,
-        "2D + RHT",
-        fprop_input=Q,
-        fprop_weight=Q2,
-        dgrad_grad_output=Q,
-        dgrad_weight=Q2,
-        wgrad_grad_output=QH,
-        wgrad_input=QH,
-        description="16x16 weight tiles (transpose-invariant), RHT on both WGRAD operands",
-    ),
-    Recipe(
-        "2d_rht_sr",
-        5,
-        "2D + RHT + SR",
-        fprop_input=Q,
-        fprop_weight=Q2,
-        dgrad_grad_output=Q_SR,
-        dgrad_weight=Q2,
-        wgrad_grad_output=QH_SR,
-        wgrad_input=QH,
-        description="2d_rht with stochastic rounding on dY (TE's default NVFP4BlockScaling)",
-    ),
-    Recipe(
-        "sr_only",
-        6,
-        "SR only",
-        fprop_input=Q,
-        fprop_weight=Q,
-        dgrad_grad_output=Q_SR,
-        dgrad_weight=Q,
-        wgrad_grad_output=Q_SR,
-        wgrad_input=Q,
-        description="nvfp4 with stochastic rounding on dY",
-    ),
-    Recipe(
-        "fwd_rht",
-        7,
-        "Forward RHT",
-        fprop_input=QH,
-        fprop_weight=QH,
-        description="forward operands rotated along K then quantized; high-precision backward",
-    ),
-):
-    register_recipe(_recipe)
-del _recipe
+# fmt: off
+# docs/nvfp4.md section 5, row by row: name, paper id, display name, the six operand slots, and
+# a description (on the row's second line). Slot columns: FPROP X, W | DGRAD dY, W | WGRAD dY, X.
+_PAPER_ROWS = (
+    ("baseline",   0, "BF16 baseline", HP,    HP,    HP,    HP,    HP,    HP,
+     "no quantization: all three GEMMs in high precision"),
+    ("nvfp4",      1, "NVFP4 Full",    Q,     Q,     Q,     Q,     Q,     Q,
+     "every operand 1x16, round-to-nearest, re-quantized along each GEMM's contraction dim"),
+    ("fwd_only",   2, "Forward only",  Q,     Q,     HP,    HP,    HP,    HP,
+     "quantized forward; straight-through high-precision backward with the original X and W"),
+    ("chain_rule", 3, "Chain rule",    Q,     Q,     HP,    FWD,   HP,    FWD,
+     "quantized forward; backward GEMMs take HP dY and the forward's quantized X, W"),
+    ("2d_rht",     4, "2D + RHT",      Q,     Q2,    Q,     Q2,    QH,    QH,
+     "16x16 weight tiles (transpose-invariant), RHT on both WGRAD operands"),
+    ("2d_rht_sr",  5, "2D + RHT + SR", Q,     Q2,    Q_SR,  Q2,    QH_SR, QH,
+     "2d_rht with stochastic rounding on dY (TE's default NVFP4BlockScaling)"),
+    ("sr_only",    6, "SR only",       Q,     Q,     Q_SR,  Q,     Q_SR,  Q,
+     "nvfp4 with stochastic rounding on dY"),
+    ("fwd_rht",    7, "Forward RHT",   QH,    QH,    HP,    HP,    HP,    HP,
+     "forward operands rotated along K then quantized; high-precision backward"),
+)
+# Built-ins beyond the paper: TE 2.20's 4over6 (docs/nvfp4.md s7.1, quant.nvfp4). No paper id:
+# they list after the paper's eight, and the paper's tables never include them.
+_TE_4OVER6_ROWS = (
+    ("2d_rht_sr_4o6w", None, "2D + RHT + SR + 4/6 W", Q, Q2_4O6, Q_SR, Q2_4O6, QH_SR, QH,
+     "TE's default recipe (2d_rht_sr) with 4over6 on the weights' 16x16 tiles (MAE, E 256): "
+     "NVFP4BlockScaling(nvfp4_4over6='weights'); DGRAD takes TE's own columnwise 4over6 copy "
+     "of W"),
+    ("nvfp4_4o6", None, "NVFP4 Full + 4/6 W, X", Q_4O6, Q_4O6, Q, Q_4O6, Q, Q_4O6,
+     "nvfp4 (all 1x16, round-to-nearest, no RHT) with 4over6 (MAE, E 256) on weights and "
+     "activations in every GEMM; gradients standard, as in TE (nvfp4_4over6='all', "
+     "disable_rht=True)"),
+)
+# fmt: on
+for _row in _PAPER_ROWS:
+    register_recipe(Recipe(*_row))
 
 # The study's eight recipes in paper-id order (the registry may grow; this tuple does not).
 PAPER_RECIPES: tuple[str, ...] = tuple(list_recipes())
 
-# Built-ins beyond the paper: TE 2.20's 4over6 (docs/nvfp4.md s7.1, quant.nvfp4).
-# No paper id: they list after the paper's eight, and the paper's tables never include them.
-for _recipe in (
-    Recipe(
-        "2d_rht_sr_4o6w",
-        None,
-        "2D + RHT + SR + 4/6 W",
-        fprop_input=Q,
-        fprop_weight=Q2_4O6,
-        dgrad_grad_output=Q_SR,
-        dgrad_weight=Q2_4O6,
-        wgrad_grad_output=QH_SR,
-        wgrad_input=QH,
-        description="TE's default recipe (2d_rht_sr) with 4over6 on the weights' 16x16 tiles "
-        "(MAE, E 256): NVFP4BlockScaling(nvfp4_4over6='weights'); DGRAD takes TE's own "
-        "columnwise 4over6 copy of W",
-    ),
-    Recipe(
-        "nvfp4_4o6",
-        None,
-        "NVFP4 Full + 4/6 W, X",
-        fprop_input=Q_4O6,
-        fprop_weight=Q_4O6,
-        dgrad_grad_output=Q,
-        dgrad_weight=Q_4O6,
-        wgrad_grad_output=Q,
-        wgrad_input=Q_4O6,
-        description="nvfp4 (all 1x16, round-to-nearest, no RHT) with 4over6 (MAE, E 256) on "
-        "weights and activations in every GEMM; gradients standard, as in TE "
-        "(nvfp4_4over6='all', disable_rht=True)",
-    ),
-):
-    register_recipe(_recipe)
-del _recipe
-
-#: Every recipe shipped with the package (paper's eight first), in registry order.
-BUILTIN_RECIPES: tuple[str, ...] = tuple(list_recipes())
+for _row in _TE_4OVER6_ROWS:
+    register_recipe(Recipe(*_row))
+del _row
 
 
 # --------------------------------------------------------------------------- declared recipes
 
 #: Keys of a recipe declared as data (a sweep spec's `recipes:` section): the six operand
 #: slots, plus `base` (a registered recipe to start from), `display_name` and `description`.
-DECLARED_KEYS: tuple[str, ...] = (
+_DECLARED_KEYS: tuple[str, ...] = (
     "base",
     "display_name",
     "description",
@@ -462,10 +391,10 @@ def declare_recipe(name: str, data: dict[str, Any]) -> Recipe:
     """
     if not isinstance(data, dict):
         raise ValueError(f"recipe {name!r}: expected a mapping, got {type(data).__name__}")
-    unknown = sorted(set(data) - set(DECLARED_KEYS))
+    unknown = sorted(set(data) - set(_DECLARED_KEYS))
     if unknown:
         raise ValueError(
-            f"recipe {name!r}: unknown key(s) {unknown}; valid: {', '.join(DECLARED_KEYS)}"
+            f"recipe {name!r}: unknown key(s) {unknown}; valid: {', '.join(_DECLARED_KEYS)}"
         )
     if name in _REGISTRY:
         raise ValueError(

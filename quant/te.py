@@ -22,7 +22,7 @@ error path is not a recipe field but an environment variable read at every quant
 
 Every other choice is fixed: every operand of every GEMM is quantized, inputs and gradients with
 1x16 blocks, and the backward re-quantizes the high-precision tensors. So TE can express exactly
-the operand tables that these fields generate (`te_operand_table`, `te_configurations`):
+the operand tables that these fields generate (`te_operand_table`, `_te_configurations`):
 `nvfp4`, `sr_only`, `2d_rht`, `2d_rht_sr` (TE's default), the two 4over6 built-ins, and any
 declared recipe equal to one of them. `baseline` needs no TE at all. `fwd_only`, `chain_rule`
 and `fwd_rht` (high-precision or forward-reused backward operands, a rotated forward), 4over6 on
@@ -46,20 +46,31 @@ from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from typing import Any
 
-import torch
 from torch import nn
 
 from quant.modules import Skip, skip_rule
 from quant.recipes import Q2, Q_SR, QH, QH_SR, SLOTS, Operand, Q, Recipe, get_recipe
 
-TE_FLAGS: tuple[str, ...] = (
+__all__ = [
+    "TERefused",
+    "check_te_trial",
+    "te_autocast",
+    "te_environment",
+    "te_model",
+    "te_operand_table",
+    "te_prepare",
+    "te_recipe",
+    "te_recipe_kwargs",
+]
+
+_TE_FLAGS: tuple[str, ...] = (
     "disable_rht",
     "disable_stochastic_rounding",
     "disable_2d_quantization",
 )
-SCOPES: tuple[str, ...] = ("none", "weights", "activations", "all")
-FAST_MATH_ENV = "NVTE_NVFP4_4OVER6_ERR_USE_FAST_MATH"
-SYMBOLS = {"input": "X", "weight": "W", "grad_output": "dY"}
+_SCOPES: tuple[str, ...] = ("none", "weights", "activations", "all")
+_FAST_MATH_ENV = "NVTE_NVFP4_4OVER6_ERR_USE_FAST_MATH"
+_SYMBOLS = {"input": "X", "weight": "W", "grad_output": "dY"}
 
 
 class TERefused(ValueError):
@@ -112,7 +123,7 @@ def te_operand_table(
 
 
 @functools.cache
-def te_configurations() -> tuple[tuple[dict[str, Any], dict[tuple[str, str], Operand]], ...]:
+def _te_configurations() -> tuple[tuple[dict[str, Any], dict[tuple[str, str], Operand]], ...]:
     """Every configuration TE accepts, with its operand table; TE's defaults come first."""
     out = []
     for values in itertools.product(
@@ -120,7 +131,7 @@ def te_configurations() -> tuple[tuple[dict[str, Any], dict[tuple[str, str], Ope
         (False, True),
         (False, True),
         (False, True),
-        SCOPES,
+        _SCOPES,
         ("all", "none", "weights", "activations"),
         ("MAE", "MSE"),
         (False, True),
@@ -128,7 +139,7 @@ def te_configurations() -> tuple[tuple[dict[str, Any], dict[tuple[str, str], Ope
         config = dict(
             zip(
                 (
-                    *TE_FLAGS,
+                    *_TE_FLAGS,
                     "row_scaled_activation",
                     "nvfp4_4over6",
                     "nvfp4_4over6_e4m3_use_256",
@@ -152,7 +163,7 @@ def _te_configuration(recipe: Recipe | str) -> dict[str, Any] | None:
     if not recipe.quantized:
         return None
     table = {slot: recipe.operand(*slot) for slot in SLOTS}
-    for config, candidate in te_configurations():
+    for config, candidate in _te_configurations():
         if candidate == table:
             return config
     raise NotImplementedError(
@@ -178,12 +189,12 @@ def te_environment(recipe: Recipe | str) -> dict[str, str]:
     TE's approximate-reciprocal fast math off (set both: an inherited value would change bits)."""
     config = _te_configuration(recipe)
     fast = bool(config and config["fast_math"])
-    return {FAST_MATH_ENV: "1" if fast else "0", "NVTE_USE_FAST_MATH": "0"}
+    return {_FAST_MATH_ENV: "1" if fast else "0", "NVTE_USE_FAST_MATH": "0"}
 
 
 def _te_mismatch(table: dict[tuple[str, str], Operand]) -> str:
     """Why an operand table is none of TE's, as specific as can be said."""
-    tables = [t for _, t in te_configurations()]
+    tables = [t for _, t in _te_configurations()]
     for gemm, role in SLOTS:
         op = table[(gemm, role)]
         if role == "grad_output" and (op.four_over_six or op.row_scaled):
@@ -193,16 +204,16 @@ def _te_mismatch(table: dict[tuple[str, str], Operand]) -> str:
             )
         possible = {t[(gemm, role)] for t in tables}
         if op not in possible:
-            choices = ", ".join(sorted({p.notation(SYMBOLS[role]) for p in possible}))
+            choices = ", ".join(sorted({p.notation(_SYMBOLS[role]) for p in possible}))
             return (
-                f"its {gemm.upper()} operand is {op.notation(SYMBOLS[role])}, "
+                f"its {gemm.upper()} operand is {op.notation(_SYMBOLS[role])}, "
                 f"TE only does {choices} there"
             )
     for role, backward in (("weight", "dgrad"), ("input", "wgrad")):
         a, b = table[("fprop", role)], table[(backward, role)]
         if a.quantizer_options() != b.quantizer_options():
             return (
-                f"its FPROP and {backward.upper()} copies of {SYMBOLS[role]} differ in 4over6 or "
+                f"its FPROP and {backward.upper()} copies of {_SYMBOLS[role]} differ in 4over6 or "
                 "row-scaled settings, and TE's recipe gives both copies of a tensor the same "
                 "(this would take TE's experimental per-direction HybridQuantizer, not mapped)"
             )
@@ -245,7 +256,7 @@ def te_recipe(recipe: Recipe | str) -> Any:
     kwargs = te_recipe_kwargs(recipe)
     if kwargs is None:
         return None
-    import_te()
+    _import_te()
     from transformer_engine.common.recipe import NVFP4BlockScaling
 
     return NVFP4BlockScaling(**kwargs)
@@ -258,7 +269,7 @@ def te_autocast(recipe: Recipe | str) -> Iterator[None]:
     if te_rec is None:
         yield
         return
-    te = import_te()
+    te = _import_te()
     if hasattr(te, "autocast"):
         context = te.autocast(enabled=True, recipe=te_rec)
     else:
@@ -289,7 +300,7 @@ def te_prepare(model: nn.Module, recipe: Recipe | str, *, skip: Skip = None) -> 
             targets.append(name)
     if not recipe.quantized or not targets:
         return model
-    te = import_te()
+    te = _import_te()
     os.environ.update(te_environment(recipe))  # read by TE at every quantize call
     for name in targets:
         parent, _, leaf = name.rpartition(".")
@@ -333,7 +344,7 @@ def _te_linear(te: Any, linear: nn.Linear) -> nn.Module:
     return swapped
 
 
-def import_te() -> Any:
+def _import_te() -> Any:
     """`transformer_engine.pytorch`, or an ImportError that says how to get it."""
     try:
         import transformer_engine.pytorch as te
@@ -344,14 +355,3 @@ def import_te() -> Any:
             f"(the emulator) instead ({exc})"
         ) from exc
     return te
-
-
-def te_available() -> bool:
-    """True when transformer_engine.pytorch imports and a CUDA device is present."""
-    if not torch.cuda.is_available():
-        return False
-    try:
-        import transformer_engine.pytorch  # noqa: F401
-    except Exception:  # TE raises assorted errors when its CUDA libraries are missing
-        return False
-    return True

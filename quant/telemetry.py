@@ -12,10 +12,11 @@ block decodes to all zeros exactly when its scale is 0 (with a non-zero scale th
 largest element lands on code 3 or above, see quant/nvfp4.py), so no codes are needed.
 
 Collection is off by default and costs nothing then (the layers pass no observer). Inside
-`with collect(model):` every quantized operand of every converted layer is measured, forward and
-backward: a layer's statistics restart at each forward, so after one training step the report
-covers that step's FPROP, DGRAD and WGRAD operands (per-tap WGRAD slices of a convolution add up
-into one row). Meant for once per epoch, e.g. on one batch.
+`with collect(model):`, which installs the observer on the converted layers (quant.modules
+calls it and never imports this module), every quantized operand of every converted layer is
+measured, forward and backward: a layer's statistics restart at each forward, so after one
+training step the report covers that step's FPROP, DGRAD and WGRAD operands (per-tap WGRAD
+slices of a convolution add up into one row). Meant for once per epoch, e.g. on one batch.
 """
 
 from __future__ import annotations
@@ -27,18 +28,20 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
-from quant.gemm import TENSOR_SCALE, Observer
+from quant.gemm import Observer
+from quant.modules import converted_layers, is_quantized
+from quant.nvfp4 import FP4_E4M3_MAX
 
-_ENABLED = "_quant_telemetry"
+__all__ = ["collect", "quantization_report"]
+
 _STATS = "_quant_stats"
 
 
-def observer(layer: nn.Module) -> Observer | None:
-    """The hook a converted layer passes to its GEMMs: None unless collection is on."""
-    if not getattr(layer, _ENABLED, False):
-        return None
+def _start_observing(layer: nn.Module) -> Observer:
+    """Installed on a converted layer while collecting (`start_observing`): each forward starts
+    a new record on the layer and returns the hook its GEMMs report every operand to."""
     stats: dict[str, dict[str, float]] = {}
-    setattr(layer, _STATS, stats)  # a new forward starts a new record
+    setattr(layer, _STATS, stats)
 
     def observe(
         slot: str,
@@ -46,7 +49,7 @@ def observer(layer: nn.Module) -> Observer | None:
         blocks: Tensor,
         amax: Tensor,
         block,
-        tensor_scale: float = TENSOR_SCALE,
+        tensor_scale: float = FP4_E4M3_MAX,
     ) -> None:
         row = stats.setdefault(slot, {"signal": 0.0, "noise": 0.0, "zero": 0, "blocks": 0})
         _accumulate(row, reference, blocks, amax, tuple(block), tensor_scale)
@@ -70,32 +73,28 @@ def _accumulate(
     row["blocks"] += block_max.numel()
 
 
-def enable(model: nn.Module, on: bool = True) -> None:
+def _enable(model: nn.Module, on: bool = True) -> None:
     """Switch collection on or off for every converted layer of `model`."""
-    from quant.modules import is_quantized
-
     for module in model.modules():
         if is_quantized(module):
-            setattr(module, _ENABLED, on)
+            module.start_observing = _start_observing if on else None
 
 
 @contextlib.contextmanager
 def collect(model: nn.Module) -> Iterator[None]:
     """Measure every quantized operand inside the block; the report keeps the last values."""
-    enable(model, True)
+    _enable(model, True)
     try:
         yield
     finally:
-        enable(model, False)
+        _enable(model, False)
 
 
 def quantization_report(model: nn.Module) -> list[dict]:
     """Rows {layer, operand, sqnr_db, zero_scale_fraction} from the last collected forward
     (and backward) of each converted layer; operand is the slot, e.g. "fprop_input"."""
-    from quant.modules import quantized_layers
-
     rows = []
-    for name, layer in quantized_layers(model).items():
+    for name, layer in converted_layers(model).items():
         for slot, s in getattr(layer, _STATS, {}).items():
             rows.append(
                 {

@@ -62,10 +62,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from trainables.vocabulary import ARCHS, scales
+
 BASELINE = "baseline"
 METRICS = ("test_auprc", "val_auprc")
-SCALE_ORDER = ("tiny", "500k", "4m", "15m")
-ARCH_ORDER = ("cnn", "vit_adamw", "vit_adamax", "swin")
 FINISHED = "FINISHED"
 BLOCK = ["seed", "fold"]  # the unit of pairing: same seed (weights, data order) and same fold
 GROUP = ["split", "arch", "scale"]  # recipes are compared within one of these
@@ -83,7 +83,7 @@ DISTINCT_VALUES_THRESHOLD = 256
 
 
 def split_of(fold: str) -> str:
-    """`holdout` for the fixed split, `kfold` for cross-validation folds f0..f4."""
+    """`holdout` for the fixed split, `kfold` for the cross-validation folds (f0, f1, ...)."""
     return "holdout" if str(fold) == "holdout" else "kfold"
 
 
@@ -241,8 +241,8 @@ def _sort_cells(df: pd.DataFrame) -> pd.DataFrame:
     if df.empty:
         return df.reset_index(drop=True)
     keys = {
-        "arch": lambda s: s.map({a: i for i, a in enumerate(ARCH_ORDER)}).fillna(99),
-        "scale": lambda s: s.map({a: i for i, a in enumerate(SCALE_ORDER)}).fillna(99),
+        "arch": lambda s: s.map({a: i for i, a in enumerate(ARCHS)}).fillna(99),
+        "scale": lambda s: s.map({a: i for i, a in enumerate(scales())}).fillna(99),
     }
     by = [
         c

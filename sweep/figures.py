@@ -39,14 +39,15 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter, NullLocator
 
-from sweep.analysis import ARCH_ORDER, BASELINE, FINISHED, SCALE_ORDER, Analysis, ordered
+from sweep.analysis import BASELINE, FINISHED, Analysis, ordered
+from trainables.vocabulary import ARCHS, scales
 
 FORMATS = ("png", "pdf")
 DPI = 110
 PANEL = (3.4, 2.8)  # inches per panel, its labels included
 MARGIN = {"left": 0.8, "right": 0.2, "top": 0.7, "bottom": 0.9}  # inches around the panels
 LEGEND = 1.4  # inches to the right for a figure legend
-FIG6_ARCH_ORDER = ("swin", "cnn", "vit_adamw", "vit_adamax")  # the paper's Fig 6 rows first
+PAPER_ARCH_ORDER = ("swin", "cnn", *ARCHS)  # the paper's Fig 6 and 7 rows first
 TITLE_CHAR, SUPTITLE_CHAR = 0.075, 0.095  # inches per character at 9 pt and 11 pt, generously
 SHADE = "0.9"  # background of the recipes with SR, RHT or 2D scaling (Fig 6)
 
@@ -67,8 +68,8 @@ def grid_axes(table: pd.DataFrame, plan: list[dict] | None = None) -> dict[str, 
         key=lambda r: (ids.get(r, 99) if not pd.isna(ids.get(r, 99)) else 99, r),
     )
     return {
-        "arch": ordered(holdout["arch"], ARCH_ORDER),
-        "scale": ordered(holdout["scale"], SCALE_ORDER),
+        "arch": ordered(holdout["arch"], ARCHS),
+        "scale": ordered(holdout["scale"], scales()),
         "recipe": [str(r) for r in recipes],
     }
 
@@ -217,7 +218,7 @@ def fig5_trials(table: pd.DataFrame) -> list[str]:
     done = table[(table["status"] == FINISHED) & (table["fold"] == "holdout")]
     if done.empty:
         return []
-    smallest = ordered(done["scale"], SCALE_ORDER)[0]
+    smallest = ordered(done["scale"], scales())[0]
     cell = done[done["scale"] == smallest].sort_values(["arch", "recipe", "seed"])
     return cell.drop_duplicates(["arch", "recipe"])["trial_key"].tolist()
 
@@ -225,8 +226,8 @@ def fig5_trials(table: pd.DataFrame) -> list[str]:
 def fig5_curves(table: pd.DataFrame, curves: dict[str, dict], axes: dict[str, list[str]]) -> Figure:
     """PR curves (left) and prediction histograms (right) per arch at the smallest scale."""
     rows = table[table["trial_key"].isin(set(curves))].sort_values(["recipe_id", "seed"])
-    archs = ordered(rows["arch"], ARCH_ORDER)
-    scale = ordered(rows["scale"], SCALE_ORDER)[0] if not rows.empty else "?"
+    archs = ordered(rows["arch"], ARCHS)
+    scale = ordered(rows["scale"], scales())[0] if not rows.empty else "?"
     fig, panels = _panels(
         len(archs), 2, f"Fig 5: PR curves and prediction histograms at {scale}", sharex="col"
     )
@@ -275,11 +276,7 @@ def pr_staircase(recall: np.ndarray, precision: np.ndarray) -> tuple[np.ndarray,
 
 
 def _draw_pr(ax: Axes, pr: dict | None, color, label: str) -> bool:
-    try:
-        recall = np.asarray(pr["recall"], dtype=float)
-        precision = np.asarray(pr["precision"], dtype=float)
-    except (TypeError, KeyError, ValueError):
-        return False
+    recall, precision = _arrays(pr, "recall", "precision")
     if recall.size == 0 or recall.size != precision.size:
         return False
     ax.plot(*pr_staircase(recall, precision), color=color, lw=1, label=label)
@@ -287,15 +284,20 @@ def _draw_pr(ax: Axes, pr: dict | None, color, label: str) -> bool:
 
 
 def _draw_hist(ax: Axes, hist: dict | None, color, label: str) -> bool:
-    try:
-        edges = np.asarray(hist["bin_edges"], dtype=float)
-        counts = np.asarray(hist["counts"], dtype=float)
-    except (TypeError, KeyError, ValueError):
-        return False
+    edges, counts = _arrays(hist, "bin_edges", "counts")
     if counts.size == 0 or edges.size != counts.size + 1:
         return False
     ax.stairs(np.maximum(counts, 0.5), edges, color=color, lw=1, label=label)  # 0.5: log-safe
     return True
+
+
+def _arrays(artifact: dict | None, *keys: str) -> list[np.ndarray]:
+    """The named float arrays of a logged artifact; empty ones where it is missing or malformed
+    (a run without the artifact is drawn without that curve)."""
+    try:
+        return [np.asarray(artifact[key], dtype=float) for key in keys]
+    except (TypeError, KeyError, ValueError):
+        return [np.empty(0) for _ in keys]
 
 
 # --------------------------------------------------------------------------- Fig 6
@@ -309,7 +311,7 @@ def fig6_normalized(
     values = analysis.norm.values
     values = values[(values["split"] == "holdout") & values["normalized"].notna()]
     summary = analysis.summary[analysis.summary["split"] == "holdout"]
-    archs = ordered(axes["arch"], FIG6_ARCH_ORDER)
+    archs = ordered(axes["arch"], PAPER_ARCH_ORDER)
     scales = axes["scale"]
     recipes = [r for r in axes["recipe"] if r != BASELINE]
     colors = _colors(values, summary)
@@ -425,8 +427,8 @@ def fig7_kfold(analysis: Analysis) -> Figure | None:
     folds = values[values["split"] == "kfold"]
     if folds.empty:
         return None
-    scales = ordered(folds["scale"], SCALE_ORDER)
-    archs = ordered(folds["arch"], ("swin", "cnn", *ARCH_ORDER))
+    scale_list = ordered(folds["scale"], scales())
+    archs = ordered(folds["arch"], PAPER_ARCH_ORDER)
     recipes = sorted(
         folds["recipe"].unique(),
         key=lambda r: (folds.loc[folds["recipe"] == r, "recipe_id"].min(), r),
@@ -435,13 +437,13 @@ def fig7_kfold(analysis: Analysis) -> Figure | None:
     groups = [(a, r) for a in archs for r in recipes]
     fig, panels = _panels(
         1,
-        len(scales),
+        len(scale_list),
         f"Fig 7: {len(folds['fold'].unique())}-fold CV, "
         f"{_label(analysis.metric)}\n(dots: folds; bars: mean ± SD)",
         sharey=True,
         panel_width=max(PANEL[0], 0.9 * len(groups)),
     )
-    for ax, scale in zip(panels[0], scales, strict=True):
+    for ax, scale in zip(panels[0], scale_list, strict=True):
         for x, (arch, recipe) in enumerate(groups):
             v = folds.loc[
                 (folds["scale"] == scale) & (folds["arch"] == arch) & (folds["recipe"] == recipe),

@@ -16,10 +16,10 @@ from dataclasses import asdict, dataclass, field
 
 from sweep.spec import SpecError
 from sweep.storage import SweepStore
+from trainables.config import TrialConfig, config_diff
 
 FINISHED = "FINISHED"
 FAILED = "FAILED"
-LEDGER_FILE = "ledger.json"
 
 
 @dataclass
@@ -48,20 +48,20 @@ class Ledger:
 
     @classmethod
     def load(cls, store: SweepStore) -> Ledger:
-        if not store.exists(LEDGER_FILE):
+        if not store.exists(store.LEDGER_FILE):
             return cls(store, {})
         try:
-            raw = json.loads(store.read_text(LEDGER_FILE))
+            raw = json.loads(store.read_text(store.LEDGER_FILE))
             return cls(store, {key: Entry(**value) for key, value in raw.items()})
         except (ValueError, TypeError, AttributeError) as err:
             raise LedgerError(
-                f"{store.path(LEDGER_FILE)}: corrupt ledger ({err}); restore it, or move it "
+                f"{store.path(store.LEDGER_FILE)}: corrupt ledger ({err}); restore it, or move it "
                 "away to forget which trials finished (they would run again)"
             ) from None
 
     def save(self) -> None:
         payload = {key: asdict(entry) for key, entry in sorted(self.entries.items())}
-        self.store.write_text(json.dumps(payload, indent=1, sort_keys=True), LEDGER_FILE)
+        self.store.write_text(json.dumps(payload, indent=1, sort_keys=True), self.store.LEDGER_FILE)
 
     def finished(self, key: str, config_hash: str) -> bool:
         entry = self.entries.get(key)
@@ -74,7 +74,7 @@ class Ledger:
             entry = self.entries.get(key)
             if entry is None or entry.state != FINISHED or entry.config_hash == config_hash:
                 continue
-            changed = changed_settings(entry.config, config)
+            changed = list(config_diff(entry.config, config))
             lines.append(f"  {key}: changed {', '.join(changed)}")
             if "code_version" in changed:
                 code.add((entry.config.get("code_version"), config.get("code_version")))
@@ -95,6 +95,11 @@ class Ledger:
                 "different result-affecting settings:\n" + "\n".join(lines) + "\n" + hint
             )
 
+    def record_trial(self, config: TrialConfig, state: str, **extra) -> None:
+        """Record a planned trial under its grid key (its tracking settings are not kept)."""
+        kept = config.model_copy(update={"tracking": None}).to_dict()
+        self.record(config.trial_key, config.config_hash, kept, state, **extra)
+
     def record(self, key: str, config_hash: str, config: dict, state: str, **extra) -> None:
         entry = self.entries.get(key) or Entry(config_hash=config_hash, config=config)
         entry.config_hash, entry.config, entry.state = config_hash, config, state
@@ -103,23 +108,3 @@ class Ledger:
         entry.failure_kind = extra.get("failure_kind")
         entry.updated = time.time()
         self.entries[key] = entry
-
-
-def changed_settings(old: dict, new: dict) -> list[str]:
-    """The result-affecting fields (dotted for nested ones) that differ between two configs."""
-    from trainables.config import NOT_HASHED
-
-    return sorted(
-        name for name in _changed_fields(old, new) if name.split(".")[0] not in NOT_HASHED
-    )
-
-
-def _changed_fields(old: dict, new: dict, prefix: str = "") -> set[str]:
-    changed = set()
-    for key in set(old) | set(new):
-        a, b, name = old.get(key), new.get(key), f"{prefix}{key}"
-        if isinstance(a, dict) and isinstance(b, dict):
-            changed |= _changed_fields(a, b, name + ".")
-        elif a != b:
-            changed.add(name)
-    return changed

@@ -44,7 +44,6 @@ import pyarrow.fs as pafs
 
 from sweep.storage import SweepStore
 
-LOCK_FILE = "driver.lock"
 DEFAULT_TTL = 60.0  # seconds without a heartbeat after which another host may take the lock
 DEFAULT_SETTLE = 2.0  # object stores: seconds between writing the record and reading it back
 
@@ -57,7 +56,7 @@ class LockHeld(RuntimeError):
         who = record.describe() if record else "another driver that is starting up"
         super().__init__(
             f"sweep {store.name!r} is already being run by {who} "
-            f"(lock: {store.path(LOCK_FILE)}); wait for it to end or stop that process"
+            f"(lock: {store.path(store.LOCK_FILE)}); wait for it to end or stop that process"
         )
 
 
@@ -104,7 +103,7 @@ def _parse(text: str) -> LockRecord | None:
 def read_record(store: SweepStore) -> LockRecord | None:
     """The record in the lock file, live or stale; None if there is none (or it is unreadable)."""
     try:
-        return _parse(store.read_text(LOCK_FILE))
+        return _parse(store.read_text(store.LOCK_FILE))
     except (FileNotFoundError, OSError):
         return None
 
@@ -159,20 +158,20 @@ class DriverLock:
             # Unlink while still holding the lock, then close: a taker that opened the old file
             # sees (by its inode check) that the path no longer names it, and starts over.
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.store.path(LOCK_FILE))
+                os.unlink(self.store.path(self.store.LOCK_FILE))
             os.close(self._fd)
             self._fd = None
         else:
             current = read_record(self.store)
             if current is not None and current.token == self.record.token:
                 with contextlib.suppress(FileNotFoundError, OSError):
-                    self.store.fs.delete_file(self.store.path(LOCK_FILE))
+                    self.store.fs.delete_file(self.store.path(self.store.LOCK_FILE))
 
 
 def _write(store: SweepStore, record: LockRecord, fd: int | None) -> None:
     data = record.to_json().encode()
     if fd is None:
-        store.write_text(data.decode(), LOCK_FILE)
+        store.write_text(data.decode(), store.LOCK_FILE)
         return
     os.pwrite(fd, data, 0)
     os.ftruncate(fd, len(data))
@@ -197,7 +196,7 @@ def acquire(
 def _acquire_local(store: SweepStore, ttl: float) -> DriverLock:
     import fcntl
 
-    path = store.path(LOCK_FILE)
+    path = store.path(store.LOCK_FILE)
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:

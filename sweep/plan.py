@@ -10,9 +10,11 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 from sweep.spec import SpecError, SweepSpec
 from trainables.config import TrialConfig
+from trainables.vocabulary import GRID_AXES, trial_key
 
 # The paper's runs took about 9 GPU-minutes each (100 epochs at 256 px on the full LGG set);
 # the estimate scales that by epochs and pixels. It is a rough budget, not a promise.
@@ -28,14 +30,7 @@ class PlannedTrial:
         return self.config.trial_key
 
     def axes(self) -> dict:
-        c = self.config
-        return {
-            "arch": c.arch,
-            "scale": c.scale,
-            "recipe": c.recipe,
-            "seed": c.seed,
-            "fold": c.fold,
-        }
+        return {axis: getattr(self.config, axis) for axis in GRID_AXES}
 
 
 @dataclass(frozen=True)
@@ -46,7 +41,7 @@ class Plan:
     def counts(self) -> dict[str, dict[str, int]]:
         """Trials per value of each axis."""
         out: dict[str, dict[str, int]] = {}
-        for axis in ("arch", "scale", "recipe", "seed", "fold"):
+        for axis in GRID_AXES:
             counter = Counter(str(t.axes()[axis]) for t in self.trials)
             out[axis] = dict(counter)
         return out
@@ -60,10 +55,14 @@ class Plan:
         return total / 60
 
     def to_rows(self) -> list[dict]:
-        return [
-            {"trial_key": t.key, **t.axes(), "config_hash": t.config.config_hash}
-            for t in self.trials
-        ]
+        """The plan as the parent run's plan.json: one `plan_row` per trial, with its hash."""
+        return [{**plan_row(**t.axes()), "config_hash": t.config.config_hash} for t in self.trials]
+
+
+def plan_row(**axes: Any) -> dict:
+    """One trial of plan.json (what `sweep.runs` reads back): its key and its grid axes
+    (arch, scale, recipe, seed, fold)."""
+    return {"trial_key": trial_key(**axes), **{axis: axes[axis] for axis in GRID_AXES}}
 
 
 def trial_config(
@@ -92,7 +91,7 @@ def trial_config(
 def expand(spec: SweepSpec) -> Plan:
     """Every grid point as a planned trial (for an Optuna spec: the grid its samples run on)."""
     if spec.search is not None:
-        tunable = set(TrialConfig.model_fields) - {"arch", "scale", "recipe", "seed", "fold"}
+        tunable = set(TrialConfig.model_fields) - {*GRID_AXES, "sample_suffix"}
         unknown = sorted(set(spec.search.space) - tunable)
         if unknown:
             raise SpecError(

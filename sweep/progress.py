@@ -2,7 +2,7 @@
 
 Both are pickled with the experiment (Tuner.restore brings them back), so they hold only the
 storage handle and counters, and re-read the ledger before every write instead of keeping a copy
-that a later driver would overwrite.
+that a later driver would overwrite. A trial is read as its TrialConfig (`TrialConfig.from_tune`).
 """
 
 from __future__ import annotations
@@ -15,13 +15,10 @@ from ray.tune import Callback
 
 from sweep.ledger import FAILED, FINISHED, Ledger
 from sweep.storage import SweepStore
+from trainables.config import TrialConfig
 
 # Numbers a trial reports that belong in the ledger (the rest stays in Ray's result files).
 _LEDGER_METRICS = ("epoch", "test_auprc", "val_auprc", "best_epoch", "val_loss")
-
-
-def _payload(trial) -> dict:
-    return trial.config["trial"]
 
 
 def failure_reason(trial) -> tuple[str, str]:
@@ -47,20 +44,13 @@ class LedgerCallback(Callback):
         self.store = store
 
     def _record(self, trial, state: str, **extra) -> None:
-        payload = _payload(trial)
-        if payload.get("search"):  # an Optuna sample: the runner records its study as a whole
+        config = TrialConfig.from_tune(trial.config)
+        if config.sample_suffix:  # an Optuna sample: the runner records its study as a whole
             return
         result = trial.last_result or {}
         metrics = {k: result[k] for k in _LEDGER_METRICS if isinstance(result.get(k), int | float)}
         ledger = Ledger.load(self.store)
-        ledger.record(
-            payload["trial_key"],
-            payload["config_hash"],
-            payload["trial"],
-            state,
-            metrics=metrics,
-            **extra,
-        )
+        ledger.record_trial(config, state, metrics=metrics, **extra)
         ledger.save()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -118,9 +108,9 @@ class ProgressCallback(Callback):
             f"{len(running)} running",
             f"{self._failed} failed",
         ]
-        epoch, epochs = result.get("epoch"), _payload(trial)["trial"].get("epochs")
+        config = TrialConfig.from_tune(trial.config)
         metric = result.get("val_auprc")
-        detail = f"{_payload(trial)['trial_key']} epoch {epoch}/{epochs}"
+        detail = f"{config.trial_key} epoch {result.get('epoch')}/{config.epochs}"
         if isinstance(metric, float) and not math.isnan(metric):
             detail += f" val_auprc={metric:.3f}"
         self._print(" | ".join(parts) + f" | {detail}")
@@ -130,13 +120,13 @@ class ProgressCallback(Callback):
         result = trial.last_result or {}
         score = result.get("test_auprc")
         score_text = f" test_auprc={score:.4f}" if isinstance(score, float) else ""
-        self._print(
-            f"finished {_payload(trial)['trial_key']}{score_text} ({self._done}/{self.total})"
-        )
+        key = TrialConfig.from_tune(trial.config).trial_key
+        self._print(f"finished {key}{score_text} ({self._done}/{self.total})")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._failed += 1
-        self._print(f"FAILED {_payload(trial)['trial_key']}: {failure_reason(trial)[0]}")
+        key = TrialConfig.from_tune(trial.config).trial_key
+        self._print(f"FAILED {key}: {failure_reason(trial)[0]}")
 
 
 def _pending_line(waiting: list, waited_s: float) -> str | None:

@@ -113,7 +113,7 @@ def status(args) -> int:
 
     root = _storage_root(args)
     store = SweepStore.open(root, args.name)
-    if not store.exists("spec.yaml"):
+    if not store.exists(store.SPEC_FILE):
         return _fail(f"no sweep named {args.name!r} in storage {root!r}")
     try:
         synced = sync_outbox(store)  # records kept during an outage: delivered if MLflow is back

@@ -11,9 +11,12 @@
 4. Trials of the plan that are neither finished nor in that experiment (new seeds or recipes added
    to the spec) run in a new experiment.
 
-The driver records every trial that ends in the ledger as it ends, so killing the driver at any
-point loses nothing that finished. One driver runs a sweep at a time: it holds the sweep's lock
-(`sweep.lock`) from before its first write to its exit.
+A Ray trial carries its whole TrialConfig, the sweep's tracking settings included
+(`TrialConfig.to_tune()`; an Optuna sample's values and `sample_suffix` merged on top), and
+everything that reads a trial (the trainable, the trial names, the ledger and progress callbacks)
+reads it back as a TrialConfig. The driver records every trial that ends in the ledger as it
+ends, so killing the driver at any point loses nothing that finished. One driver runs a sweep at a
+time: it holds the sweep's lock (`sweep.lock`) from before its first write to its exit.
 """
 
 from __future__ import annotations
@@ -29,14 +32,14 @@ from sweep import stopping
 from sweep.ledger import FINISHED, Ledger
 from sweep.lock import acquire
 from sweep.plan import Plan, PlannedTrial, expand
-from sweep.spec import SpecError, SweepSpec, resolve_storage, spec_to_yaml
+from sweep.spec import SearchParam, SearchSpec, SpecError, SweepSpec, resolve_storage, spec_to_yaml
 from sweep.stopping import graceful_stop
 from sweep.storage import SweepStore, filesystem_for
 from sweep.sync import keep_parent_status, outbox_uri, short_http_retries, sync_outbox
+from trainables.config import TUNE_KEY, TrackingConfig, TrialConfig
+from trainables.vocabulary import sample_suffix
 
 TRAINABLE_ENV = {"NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
-COMPLETE_MARKER = ".complete"
-KEYS_FILE = ".trial_keys.json"
 
 
 @dataclass
@@ -210,15 +213,25 @@ def _git_sha() -> str | None:
 # --------------------------------------------------------------------------- Ray Tune
 
 
-def _trial_payload(trial: PlannedTrial, tracking: dict, spec: SweepSpec) -> dict:
-    """What one Ray trial receives: its config and where to track it."""
-    return {
-        "trial_key": trial.key,
-        "trial": trial.config.to_dict(),
-        "config_hash": trial.config.config_hash,
-        "tracking": tracking,
-        "save_weights": spec.save_weights,
-    }
+def trial_tracking(
+    spec: SweepSpec, store: SweepStore, uri: str, parent_run_id: str | None
+) -> TrackingConfig:
+    """Where and what every trial of the sweep logs: its part of each trial's config."""
+    return TrackingConfig(
+        tracking_uri=uri,
+        experiment=spec.name,
+        parent_run_id=parent_run_id,
+        log_weights=spec.log_weights,
+        outbox=outbox_uri(store),
+        outbox_endpoint=spec.storage_endpoint,
+        finish_timeout_s=spec.failure.tracking_wait_s,
+        **spec.tracking.model_dump(),  # system metrics
+    )
+
+
+def _tune_fields(trial: PlannedTrial, tracking: TrackingConfig) -> dict:
+    """What one Ray trial carries: its config, with the sweep's tracking (TrialConfig.to_tune)."""
+    return trial.config.model_copy(update={"tracking": tracking}).to_tune()
 
 
 def _init_ray(address: str | None) -> bool:
@@ -301,11 +314,7 @@ def _run_config(spec: SweepSpec, store: SweepStore, experiment: str, keys: list[
 
 def _trial_name(trial) -> str:
     """Grid trials are named by their trial key; Optuna samples by that key and their values."""
-    from trainables.trainable import sampled_trial_key
-
-    key = trial.config["trial"]["trial_key"]
-    sampled = {k: v for k, v in trial.config.items() if k != "trial"}
-    return sampled_trial_key(key, sampled) if sampled else key
+    return TrialConfig.from_tune(trial.config).run_key
 
 
 def tune_resources(spec: SweepSpec, trainable):
@@ -333,21 +342,20 @@ def _tune_config(spec: SweepSpec, **kwargs):
     )
 
 
-def _fit_new(spec, store, trials: list[PlannedTrial], tracking: dict) -> None:
+def _fit_new(spec, store, trials: list[PlannedTrial], tracking: TrackingConfig) -> None:
     from ray import tune
 
-    experiment = f"run-{len(store.list_dirs('tune')) + 1:03d}"
-    keys = {t.key: t for t in trials}
-    store.write_text(json.dumps(sorted(keys)), "tune", experiment, KEYS_FILE)
-    payloads = [_trial_payload(t, tracking, spec) for t in trials]
+    keys = [t.key for t in trials]
+    experiment = store.new_experiment(keys)
+    configs = [_tune_fields(t, tracking) for t in trials]
     tuner = tune.Tuner(
         _trainable(spec),
-        param_space={"trial": tune.grid_search(payloads)},
+        param_space={TUNE_KEY: tune.grid_search(configs)},
         tune_config=_tune_config(spec),
-        run_config=_run_config(spec, store, experiment, list(keys)),
+        run_config=_run_config(spec, store, experiment, keys),
     )
     if _all_ended(_fit(tuner)):
-        store.write_text("", "tune", experiment, COMPLETE_MARKER)
+        store.mark_complete(experiment)
 
 
 def _fit(tuner):
@@ -365,76 +373,75 @@ def _all_ended(results) -> bool:
     return results.num_terminated + results.num_errors == len(results)
 
 
-def _search_space(spec: SweepSpec) -> dict:
-    from ray import tune
+@dataclass(frozen=True)
+class OptunaSpace:
+    """Optuna's define-by-run space of a study: samples `space` into the trial's config fields and
+    names the sample by the values it sampled (`TrialConfig.sample_suffix`, merged on top too)."""
 
-    def domain(p):
-        if p.type == "loguniform":
-            return tune.loguniform(p.low, p.high)
-        if p.type == "uniform":
-            return tune.uniform(p.low, p.high)
-        if p.type == "int":
-            return tune.randint(int(p.low), int(p.high) + 1)
-        return tune.choice(p.values)
+    space: dict[str, SearchParam]
 
-    return {name: domain(p) for name, p in spec.search.space.items()}
+    def __call__(self, trial) -> dict[str, str]:
+        # Names "trial/<field>": Ray Tune merges them into the config's TUNE_KEY dict.
+        sampled = {name: _suggest(trial, f"{TUNE_KEY}/{name}", p) for name, p in self.space.items()}
+        return {f"{TUNE_KEY}/sample_suffix": sample_suffix(sampled)}
 
 
-def _fit_search(spec, store, trial: PlannedTrial, tracking: dict) -> None:
+def _suggest(trial, name: str, p: SearchParam):
+    if p.type == "loguniform":
+        return trial.suggest_float(name, p.low, p.high, log=True)
+    if p.type == "uniform":
+        return trial.suggest_float(name, p.low, p.high)
+    if p.type == "int":
+        return trial.suggest_int(name, int(p.low), int(p.high))
+    return trial.suggest_categorical(name, p.values)
+
+
+def _fit_search(spec, store, trial: PlannedTrial, tracking: TrackingConfig) -> None:
     """One Optuna study for one grid point: `num_samples` trials of sampled protocol settings.
 
-    Each sample is its own trial (own checkpoint, own MLflow run, named `<trial key>-<hash of
-    its values>`); the grid point is FINISHED in the ledger once its study is, with the best
-    sample's metrics.
+    Each sample is its own trial (own checkpoint, own MLflow run, named by its run key:
+    `<trial key>-<hash of its values>`); the grid point is FINISHED in the ledger once its study
+    is, with the best sample's metrics.
     """
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
     s = spec.search
-    experiment = f"run-{len(store.list_dirs('tune')) + 1:03d}"
-    store.write_text(json.dumps([trial.key]), "tune", experiment, KEYS_FILE)
-    payload = _trial_payload(trial, tracking, spec) | {"search": True}
-    searcher = OptunaSearch(metric=s.metric, mode=s.mode, seed=s.seed)
+    experiment = store.new_experiment([trial.key])
+    searcher = OptunaSearch(OptunaSpace(s.space), metric=s.metric, mode=s.mode, seed=s.seed)
     tuner = tune.Tuner(
         _trainable(spec),
-        param_space={"trial": payload, **_search_space(spec)},
+        param_space={TUNE_KEY: _tune_fields(trial, tracking)},
         tune_config=_tune_config(spec, search_alg=searcher, num_samples=s.num_samples),
         run_config=_run_config(spec, store, experiment, [trial.key]),
     )
     results = _fit(tuner)
     if _all_ended(results):
-        _record_study(store, trial, results, s.metric, s.mode)
-        store.write_text("", "tune", experiment, COMPLETE_MARKER)
+        _record_study(store, trial, results, s)
+        store.mark_complete(experiment)
 
 
-def _record_study(store, trial: PlannedTrial, results, metric: str, mode: str) -> None:
+def _record_study(store, trial: PlannedTrial, results, search: SearchSpec) -> None:
     ledger = Ledger.load(store)
     try:
-        best = results.get_best_result(metric=metric, mode=mode)
+        best = results.get_best_result(metric=search.metric, mode=search.mode)
     except RuntimeError:  # no sample reported the metric: every sample failed
-        ledger.record(
-            trial.key,
-            trial.config.config_hash,
-            trial.config.to_dict(),
-            "FAILED",
-            error="no Optuna sample reported " + metric,
-        )
+        error = "no Optuna sample reported " + search.metric
+        ledger.record_trial(trial.config, "FAILED", error=error)
     else:
         metrics = {k: v for k, v in best.metrics.items() if isinstance(v, int | float)}
-        metrics |= {f"best_{k}": v for k, v in best.config.items() if k != "trial"}
-        ledger.record(
-            trial.key, trial.config.config_hash, trial.config.to_dict(), FINISHED, metrics=metrics
-        )
+        metrics |= {f"best_{k}": best.config[TUNE_KEY][k] for k in search.space}
+        ledger.record_trial(trial.config, FINISHED, metrics=metrics)
     ledger.save()
 
 
 def _interrupted_experiment(store: SweepStore) -> str | None:
     """The last experiment of this sweep, if the driver never saw it complete."""
-    experiments = store.list_dirs("tune")
+    experiments = store.experiments()
     if not experiments:
         return None
     last = experiments[-1]
-    if store.exists("tune", last, COMPLETE_MARKER) or not store.exists("tune", last, KEYS_FILE):
+    if store.is_complete(last) or store.trial_keys(last) is None:
         return None
     return last
 
@@ -442,7 +449,7 @@ def _interrupted_experiment(store: SweepStore) -> str | None:
 def _fit_restored(spec, store, experiment: str, plan_trials: dict[str, PlannedTrial]) -> set[str]:
     from ray import tune
 
-    keys = json.loads(store.read_text("tune", experiment, KEYS_FILE))
+    keys = store.trial_keys(experiment) or []
     fs, path = filesystem_for(f"{store.tune_uri}/{experiment}", spec.storage_endpoint)
     exp_path = f"{store.tune_uri}/{experiment}" if store.is_local else path
     if not tune.Tuner.can_restore(exp_path, storage_filesystem=None if store.is_local else fs):
@@ -460,8 +467,8 @@ def _fit_restored(spec, store, experiment: str, plan_trials: dict[str, PlannedTr
     if not _all_ended(results):
         return set(keys)
     if spec.search is not None and keys and keys[0] in plan_trials:  # an Optuna study
-        _record_study(store, plan_trials[keys[0]], results, spec.search.metric, spec.search.mode)
-    store.write_text("", "tune", experiment, COMPLETE_MARKER)
+        _record_study(store, plan_trials[keys[0]], results, spec.search)
+    store.mark_complete(experiment)
     return set(keys)
 
 
@@ -560,19 +567,11 @@ def _run_locked(
 def _run_trials(
     spec: SweepSpec, plan: Plan, store: SweepStore, tracking_uri: str, pending: list
 ) -> SweepOutcome:
-    store.write_text(spec_to_yaml(spec), "spec.yaml")
+    store.write_text(spec_to_yaml(spec), store.SPEC_FILE)
     _print_sync(spec.name, sync_outbox(store))  # records kept during an earlier outage
     parent_run_id = _start_parent_run(tracking_uri, spec, plan)
     _describe(spec, plan, store, tracking_uri, parent_run_id)
-    tracking = {
-        "uri": tracking_uri,
-        "experiment": spec.name,
-        "parent_run_id": parent_run_id,
-        "outbox": outbox_uri(store),
-        "outbox_endpoint": spec.storage_endpoint,
-        "finish_timeout_s": spec.failure.tracking_wait_s,
-        **spec.tracking.model_dump(),  # system metrics: the trainable passes them on
-    }
+    tracking = trial_tracking(spec, store, tracking_uri, parent_run_id)
     outcome = SweepOutcome(
         spec.name,
         len(plan.trials),
@@ -611,7 +610,9 @@ def _run_trials(
     return outcome
 
 
-def _fit_pending(spec, plan: Plan, store: SweepStore, pending: list, tracking: dict) -> None:
+def _fit_pending(
+    spec, plan: Plan, store: SweepStore, pending: list, tracking: TrackingConfig
+) -> None:
     covered = set()
     interrupted = _interrupted_experiment(store)
     if interrupted:
@@ -668,16 +669,14 @@ def resume_sweep(
     name: str, storage: str | None = None, *, address: str | None = None
 ) -> SweepOutcome:
     """Run again the spec a sweep was last run with, from its storage folder."""
-    import yaml
-
-    from sweep.spec import parse_spec
+    from sweep.spec import stored_spec
 
     root = resolve_storage(storage)
     store = SweepStore.open(root, name)
-    if not store.exists("spec.yaml"):
+    if not store.exists(store.SPEC_FILE):
         known = ", ".join(store_names(root)) or "none"
         raise SpecError(f"no sweep named {name!r} in storage {root!r} (sweeps there: {known})")
-    spec = parse_spec(yaml.safe_load(store.read_text("spec.yaml")), source=store.path("spec.yaml"))
+    spec = stored_spec(store)
     # The sweep lives where it was found, whatever the saved spec or this shell's env say.
     return run_sweep(spec.model_copy(update={"storage": root}), address=address)
 

@@ -8,7 +8,7 @@ and every error names the field (as a dotted path) and, for choices, the valid v
       path: /data/kaggle_3m          # the LGG kaggle_3m folder, or leave out and use `synthetic`
       synthetic: {patients: 12, size: 64, seed: 0}
       split: holdout                 # holdout | kfold
-      n_folds: 5
+      n_folds: 5                     # the protocol's 5; 2 to 10 (trainables.vocabulary)
       split_seed: 2026
       image_size: 64
     recipes:                         # optional: recipes declared here (usable in grid.recipe)
@@ -25,7 +25,10 @@ and every error names the field (as a dotted path) and, for choices, the valid v
     protocol: {epochs: 3, batch_size: 8}     # overrides of the paper's training protocol, and
                                      # compile: auto | on | off (torch.compile the step;
                                      # auto: on CUDA only; a bare on/off reads as a boolean),
-                                     # backend: emulated | te (see trainables.config)
+                                     # backend: emulated | te (see trainables.config),
+                                     # callbacks: ["pkg.module:factory", {path, args}]
+                                     # (loop callbacks each trial imports; not hashed:
+                                     # trainables.callbacks)
     model_overrides: {}              # passed to models.build_model (e.g. swin shift option)
     resources: {cpus_per_trial: 1, gpus_per_trial: 0.25, max_concurrent: 4,
                 pending_warning_s: 300}   # say why a trial waits longer than this
@@ -57,14 +60,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-ARCHS = ("cnn", "vit_adamw", "vit_adamax", "swin")
-SCALES = ("tiny", "500k", "4m", "15m")
-FOLDS = ("holdout", "f0", "f1", "f2", "f3", "f4")
+from trainables.config import SyntheticData, field_errors
+from trainables.vocabulary import ARCHS, MAX_FOLDS, N_FOLDS, folds, scales
+
+if TYPE_CHECKING:
+    from sweep.storage import SweepStore
 
 
 class SpecError(ValueError):
@@ -75,18 +80,11 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class SyntheticData(_Strict):
-    patients: int = Field(12, ge=3)
-    size: int = Field(64, ge=16)
-    seed: int = 0
-    slices_per_patient: int = Field(16, ge=2)
-
-
 class DataSpec(_Strict):
     path: str | None = None
     synthetic: SyntheticData | None = None
     split: Literal["holdout", "kfold"] = "holdout"
-    n_folds: int = Field(5, ge=2, le=5)
+    n_folds: int = Field(N_FOLDS, ge=2, le=MAX_FOLDS)
     split_seed: int = 2026
     image_size: int = Field(256, ge=16)
 
@@ -117,7 +115,7 @@ class GridSpec(_Strict):
     @field_validator("arch", "scale", "fold")
     @classmethod
     def _known_values(cls, values: list[str], info) -> list[str]:
-        choices = {"arch": ARCHS, "scale": SCALES, "fold": FOLDS}[info.field_name]
+        choices = {"arch": ARCHS, "scale": scales(), "fold": folds()}[info.field_name]
         return _check_choices(values, choices)
 
     @field_validator("recipe")
@@ -213,7 +211,8 @@ class SweepSpec(_Strict):
     storage_shared: bool = False  # a local path every node of a cluster mounts (NFS, EFS...)
     failure: FailureSpec = FailureSpec()
     search: SearchSpec | None = None
-    save_weights: bool = False
+    # each trial's best weights to MLflow; `save_weights` is its documented name in the YAML
+    log_weights: bool = Field(False, alias="save_weights")
     analyze: bool = False  # run `sweep analyze NAME` when the sweep ends
 
     @field_validator("recipes")
@@ -287,13 +286,7 @@ def parse_spec(raw: dict, source: str = "<spec>") -> SweepSpec:
     try:
         return SweepSpec.model_validate(raw, context=context)
     except ValidationError as err:
-        lines = [f"{source}: invalid sweep spec"]
-        for e in err.errors():
-            where = ".".join(str(p) for p in e["loc"]) or "(top level)"
-            msg = e["msg"].removeprefix("Value error, ")
-            if e["type"] == "extra_forbidden":
-                msg = "unknown key"
-            lines.append(f"  {where}: {msg}")
+        lines = [f"{source}: invalid sweep spec", *field_errors(err, "(top level)", "unknown key")]
         raise SpecError("\n".join(lines)) from None
 
 
@@ -309,5 +302,13 @@ def load_spec(path: str | os.PathLike) -> SweepSpec:
     return parse_spec(raw, source=str(path))
 
 
+def stored_spec(store: SweepStore) -> SweepSpec:
+    """The spec a sweep was last run with, from its storage (`sweep resume`, `sweep status`)."""
+    text = store.read_text(store.SPEC_FILE)
+    return parse_spec(yaml.safe_load(text), source=store.path(store.SPEC_FILE))
+
+
 def spec_to_yaml(spec: SweepSpec) -> str:
-    return yaml.safe_dump(spec.model_dump(mode="json", exclude_none=False), sort_keys=False)
+    """The spec as YAML `load_spec` reads back (fields by their documented YAML names)."""
+    dump = spec.model_dump(mode="json", exclude_none=False, by_alias=True)
+    return yaml.safe_dump(dump, sort_keys=False)

@@ -17,13 +17,13 @@ import json
 from collections import Counter
 from dataclasses import dataclass
 
-from sweep.ledger import Ledger, changed_settings
+from sweep.ledger import Ledger
 from sweep.lock import holder
 from sweep.plan import expand
-from sweep.runner import COMPLETE_MARKER
-from sweep.spec import parse_spec
+from sweep.spec import stored_spec
 from sweep.storage import SweepStore
 from sweep.sync import grid_key, outbox_for
+from trainables.config import config_diff
 
 
 @dataclass
@@ -40,7 +40,7 @@ class TrialStatus:
 
 
 def _last_result(store: SweepStore, experiment: str, key: str) -> dict | None:
-    path = store.path("tune", experiment, key, "result.json")
+    path = store.trial_result(experiment, key)
     info = store.fs.get_file_info(path)
     if info.size in (None, 0):
         return None
@@ -63,11 +63,9 @@ def driver_alive(store: SweepStore) -> bool:
 
 
 def sweep_status(store: SweepStore) -> list[TrialStatus]:
-    import yaml
-
-    spec = parse_spec(yaml.safe_load(store.read_text("spec.yaml")), source=store.path("spec.yaml"))
+    spec = stored_spec(store)
     ledger = Ledger.load(store)
-    experiments = store.list_dirs("tune")
+    experiments = store.experiments()
     rows = []
     running = driver_alive(store)
     for trial in expand(spec).trials:
@@ -76,7 +74,7 @@ def sweep_status(store: SweepStore) -> list[TrialStatus]:
         if entry and entry.state in ("FINISHED", "FAILED"):
             changed = None
             if entry.config_hash != trial.config.config_hash:
-                changed = changed_settings(entry.config, trial.config.to_dict())
+                changed = list(config_diff(entry.config, trial.config.to_dict()))
             epoch = entry.metrics.get("epoch")
             metrics = entry.metrics
             error = entry.error if entry.state == "FAILED" else None
@@ -89,7 +87,7 @@ def sweep_status(store: SweepStore) -> list[TrialStatus]:
             result = _last_result(store, experiment, key)
             if result is None:
                 continue
-            complete = store.exists("tune", experiment, COMPLETE_MARKER)
+            complete = store.is_complete(experiment)
             row.state = "RUNNING" if running and not complete else "INTERRUPTED"
             row.epoch = result.get("epoch")
             row.metrics = {

@@ -45,11 +45,6 @@ class _State:
 STATE = _State()
 
 
-def requested() -> int | None:
-    """The signal that asked the sweep to stop, if any."""
-    return STATE.signum
-
-
 def _handler(signum, frame) -> None:
     if STATE.signum is not None:
         print("\nsecond stop signal: stopping now", file=sys.stderr, flush=True)

@@ -3,7 +3,15 @@
     <storage>/<sweep name>/
         spec.yaml       the spec the sweep was last run with (what `sweep resume NAME` reads)
         ledger.json     one entry per trial key: config hash, state, final metrics (`sweep.ledger`)
-        tune/           Ray Tune experiments, one per `sweep run` that had trials to run
+        driver.lock     the running driver (`sweep.lock`)
+        tracking_outbox/   MLflow records kept during an outage (`sweep.sync`, trainables.outbox)
+        tune/           Ray Tune experiments, one per `sweep run` that had trials to run:
+          run-001/
+            .trial_keys.json   the trial keys it was started with
+            .complete          written once every trial of it ended (finished or failed)
+            <trial>/result.json   Ray Tune's: one JSON line per reported result
+
+The names are this class's: the modules that read and write those files ask it for them.
 
 Everything goes through pyarrow's filesystem layer, the same one Ray Tune uses for its
 storage_path, so a sweep on MinIO (s3:// plus an endpoint) works like one on local disk.
@@ -11,8 +19,10 @@ storage_path, so a sweep on MinIO (s3:// plus an endpoint) works like one on loc
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import pyarrow.fs as pafs
 
@@ -28,6 +38,14 @@ class SweepStore:
     storage_uri: str  # what Ray Tune gets as storage_path (a local path or s3://...)
     name: str
 
+    SPEC_FILE: ClassVar[str] = "spec.yaml"
+    LEDGER_FILE: ClassVar[str] = "ledger.json"
+    LOCK_FILE: ClassVar[str] = "driver.lock"
+    TUNE_DIR: ClassVar[str] = "tune"
+    KEYS_FILE: ClassVar[str] = ".trial_keys.json"
+    COMPLETE_MARKER: ClassVar[str] = ".complete"
+    RESULT_FILE: ClassVar[str] = "result.json"
+
     @classmethod
     def open(cls, storage: str, name: str, endpoint: str | None = None) -> SweepStore:
         fs, base = filesystem_for(storage, endpoint)
@@ -40,7 +58,33 @@ class SweepStore:
 
     @property
     def tune_uri(self) -> str:
-        return f"{self.storage_uri}/tune"
+        return f"{self.storage_uri}/{self.TUNE_DIR}"
+
+    # -- the Ray Tune experiments, oldest first
+
+    def experiments(self) -> list[str]:
+        return self.list_dirs(self.TUNE_DIR)
+
+    def new_experiment(self, trial_keys: list[str]) -> str:
+        """Name the next experiment ("run-003") and record the trial keys it starts with."""
+        experiment = f"run-{len(self.experiments()) + 1:03d}"
+        self.write_text(json.dumps(sorted(trial_keys)), self.TUNE_DIR, experiment, self.KEYS_FILE)
+        return experiment
+
+    def trial_keys(self, experiment: str) -> list[str] | None:
+        """The trial keys `experiment` started with (None: it never got that far)."""
+        parts = (self.TUNE_DIR, experiment, self.KEYS_FILE)
+        return json.loads(self.read_text(*parts)) if self.exists(*parts) else None
+
+    def mark_complete(self, experiment: str) -> None:
+        self.write_text("", self.TUNE_DIR, experiment, self.COMPLETE_MARKER)
+
+    def is_complete(self, experiment: str) -> bool:
+        return self.exists(self.TUNE_DIR, experiment, self.COMPLETE_MARKER)
+
+    def trial_result(self, experiment: str, trial: str) -> str:
+        """Path of a trial's Ray Tune `result.json` (`trial`: its folder, the trial's run key)."""
+        return self.path(self.TUNE_DIR, experiment, trial, self.RESULT_FILE)
 
     def path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])

@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from trainables.callbacks import Callback
+
 FINAL_KEYS = (
     "test_auprc", "val_auprc", "test_roc_auc", "test_dice", "test_iou", "test_recall",
     "test_precision", "test_soft_dice", "test_loss", "best_epoch", "epochs_run",
@@ -51,12 +53,10 @@ def build_config(args: argparse.Namespace):
     fields.update({k: v for k, v in optional.items() if v is not None})
     if args.tracking_uri:
         fields["tracking"] = {"tracking_uri": args.tracking_uri, "experiment": args.experiment}
-    if fields["fold"] != "holdout":
-        fields["n_folds"] = 5
     return TrialConfig.from_fields(fields, source="sweep train-one")
 
 
-class ProgressPrinter:
+class ProgressPrinter(Callback):
     """One line per epoch on stdout."""
 
     def __init__(self, epochs: int) -> None:
@@ -72,9 +72,6 @@ class ProgressPrinter:
             flush=True,
         )
 
-    def on_train_end(self, metrics: dict[str, float], checkpoint_dir: Path) -> None:
-        pass
-
 
 def run(args: argparse.Namespace) -> int:
     from trainables.config import ConfigError
@@ -86,8 +83,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     import torch
 
-    from trainables.checkpoint import CheckpointMismatch, load_checkpoint
-    from trainables.loop import run_tracked
+    from trainables.checkpoint import STATE_FILE, CheckpointMismatch, load_checkpoint
+    from trainables.tracked_run import run_tracked
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -95,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     checkpoint_dir = out / "checkpoint"
     if args.fresh:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    if (checkpoint_dir / "state.pt").is_file():
+    if (checkpoint_dir / STATE_FILE).is_file():
         try:
             epoch = load_checkpoint(checkpoint_dir, config)["epoch"]
         except CheckpointMismatch as err:

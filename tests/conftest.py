@@ -69,12 +69,17 @@ def _isolated_stores(session_dir):
             os.environ[key] = value
 
 
+def load_golden(path: Path) -> dict:
+    """Every array of a golden .npz file by name; fails the test when ../shared is missing."""
+    import numpy as np
+
+    if not path.exists():
+        pytest.fail(f"golden vectors not found at {path}: ../shared must sit beside the checkout")
+    with np.load(path) as data:
+        return {key: data[key] for key in data.files}
+
+
 @pytest.fixture(scope="session")
 def golden():
     """The Transformer Engine reference outputs in ../shared/golden (see its README)."""
-    import numpy as np
-
-    if not GOLDEN.exists():
-        pytest.fail(f"golden vectors not found at {GOLDEN}: ../shared must sit beside the checkout")
-    with np.load(GOLDEN) as data:
-        return {key: data[key] for key in data.files}
+    return load_golden(GOLDEN)

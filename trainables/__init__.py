@@ -9,7 +9,9 @@
 - `config`: TrialConfig, frozen and validated, with `trial_key` and `config_hash`.
 - `lgg`, `splits`, `augment`, `cache`, `synth`, `datasets`: the LGG data (or a synthetic twin).
 - `losses`: BCE + Tversky. `metrics`: pixel AUPRC (== scikit-learn) and friends, streamed.
-- `checkpoint`: atomic, exact-resume checkpoints. `loop`: the protocol (no Ray import).
+- `checkpoint`: atomic, exact-resume checkpoints. `loop`: the protocol (no Ray import), with the
+  run's parts from `factories` and `data`, its hooks (`callbacks`) and files (`artifacts`);
+  `tracked_run`: the loop with its MLflow run around it.
 - `trainable`: `train_trial`, the Ray Tune function trainable. `tracking`: MLflow per trial.
 
 Names below are imported on first use, so `import trainables.lgg` stays light (no torch/ray).

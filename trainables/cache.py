@@ -11,6 +11,11 @@ trial on a node decodes everything once into
 
 and every later trial only maps the files. At 256 px LGG is ~1 GB, read from the page cache.
 
+The cache root (`cache_root`): a trial's `cache_dir`, else $SWEEP_DATA_CACHE, else
+~/.cache/nvfp4-sweep. Everything a node caches is a subfolder of it: the decoded datasets in
+`data/` (this module), the generated synthetic datasets in `synthetic/` (trainables.data) and
+torch.compile's kernels in `inductor/` (trainables.factories).
+
 Keyed, not trusted: the fingerprint hashes the resolved root, every image/mask path with its
 size and modification time, the image size and a format version. Editing, adding or removing
 a file changes it, and the next build decodes into a new entry (old entries stay until deleted;
@@ -47,14 +52,14 @@ from trainables.lgg import DatasetError, SliceInfo
 
 CACHE_FORMAT = 1
 ENV_VAR = "SWEEP_DATA_CACHE"
+DECODED_DIR = "data"  # the decoded datasets' subfolder of the cache root
 
 
-def default_cache_dir() -> Path:
-    """$SWEEP_DATA_CACHE, else ~/.cache/nvfp4-sweep/data."""
-    configured = os.environ.get(ENV_VAR)
-    if configured:
-        return Path(configured).expanduser()
-    return Path.home() / ".cache" / "nvfp4-sweep" / "data"
+def cache_root(configured: str | os.PathLike | None = None) -> Path:
+    """The node's cache folder: `configured` (a trial's cache_dir), else $SWEEP_DATA_CACHE, else
+    ~/.cache/nvfp4-sweep. What is cached lives in subfolders of it (see the module docstring)."""
+    chosen = configured or os.environ.get(ENV_VAR) or Path.home() / ".cache" / "nvfp4-sweep"
+    return Path(chosen).expanduser()
 
 
 def fingerprint(scan: lgg.ScanResult, image_size: int) -> str:
@@ -173,7 +178,8 @@ def _is_complete(entry: Path) -> bool:
 def open_cache(
     root: Path | str, image_size: int, cache_dir: Path | str | None = None
 ) -> DecodedDataset:
-    """The decoded dataset at `root` resized to `image_size`, decoding it first if needed.
+    """The decoded dataset at `root` resized to `image_size`, decoding it first if needed, in
+    `cache_dir` (default: the `data/` folder of `cache_root()`).
 
     Raises DatasetError (listing every problem, each naming its file) when the data is bad;
     nothing is then left in the cache.
@@ -184,16 +190,16 @@ def open_cache(
     if scan.problems:
         raise DatasetError(root, scan.problems)
     key = fingerprint(scan, image_size)
-    cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    cache_root.mkdir(parents=True, exist_ok=True)
-    entry = cache_root / f"{Path(root).resolve().name}-{image_size}px-{key[:16]}"
+    folder = Path(cache_dir) if cache_dir is not None else cache_root() / DECODED_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    entry = folder / f"{Path(root).resolve().name}-{image_size}px-{key[:16]}"
     if _is_complete(entry):
         return _open_entry(entry, built=False)
-    with _exclusive(cache_root / f".{entry.name}.lock"):
+    with _exclusive(folder / f".{entry.name}.lock"):
         if _is_complete(entry):  # another process built it while we waited
             return _open_entry(entry, built=False)
-        _remove_abandoned(cache_root, entry.name)
-        tmp = cache_root / f".{entry.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        _remove_abandoned(folder, entry.name)
+        tmp = folder / f".{entry.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
             _decode_into(tmp, scan, image_size, key)
             _publish(tmp, entry)
@@ -202,9 +208,9 @@ def open_cache(
     return _open_entry(entry, built=True)
 
 
-def _remove_abandoned(cache_root: Path, name: str) -> None:
+def _remove_abandoned(folder: Path, name: str) -> None:
     """Delete temporary folders of builders on this host that died before publishing."""
-    for leftover in cache_root.glob(f".{name}.tmp-*"):
+    for leftover in folder.glob(f".{name}.tmp-*"):
         pid = int(leftover.name.rsplit("-", 2)[1])
         try:
             os.kill(pid, 0)

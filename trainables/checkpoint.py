@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainables.config import TrialConfig
+from trainables.config import TrialConfig, config_diff
 from trainables.failures import FAILURE_FILE
 from trainables.files import atomic_write
 
@@ -203,9 +203,8 @@ def restore_newest_intact(
 
 
 def _mismatch_message(path: Path, state: dict[str, Any], config: TrialConfig) -> str:
-    saved, current = state["config"], config.result_fields()
-    differing = sorted(k for k in current if saved.get(k) != current[k])
-    details = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in differing)
+    differing = config_diff(state["config"], config.to_dict())
+    details = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in differing.items())
     return (
         f"{path} was written for config hash {state['config_hash'][:12]}, but this run's config "
         f"hashes to {config.config_hash[:12]}; differing fields: {details or '(none listed)'}. "

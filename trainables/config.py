@@ -4,8 +4,9 @@ One `TrialConfig` is one Ray Tune trial and one MLflow child run. It is built on
 planner, the `train-one` command or a test), validated on construction, saved as JSON beside every
 checkpoint, and never mutated. Two numbers identify it:
 
-- `trial_key` = "{arch}-{scale}-{recipe}-s{seed}-{fold}", the human name of the grid point (Ray
-  trial directory, MLflow run name and tag).
+- `trial_key` = "{arch}-{scale}-{recipe}-s{seed}-{fold}", the human name of the grid point (the
+  ledger's key; `run_key`, the Ray trial directory and MLflow run name and tag, adds an Optuna
+  sample's `sample_suffix`).
 - `config_hash` = sha256 of the canonical JSON (sorted keys, no whitespace) of every field that
   can change a result. Two configs with the same hash must train to the same weights on the same
   device; anything else is a different experiment and the sweep ledger must not mix them.
@@ -18,7 +19,7 @@ image size; augmentation on/off), the whole protocol (epochs, batch size, optimi
 decay, gradient clipping, plateau scheduler, early stopping, loss weights and Tversky parameters,
 logit clamp, precision, backend, compile: a compiled step quantizes bit for bit as eager code,
 but its fp32 sums may run in another order), the model overrides, and the code version (package
-version + git sha).
+version + git sha: trainables.code_version).
 
 `backend` is "emulated" (quant.prepare: every layer kind, every recipe, any device) or "te"
 (Transformer Engine on a Blackwell GPU: ViT/Swin Linear layers through transformer_engine.pytorch,
@@ -30,8 +31,14 @@ name and description inside `recipe_definition`): `num_workers` (augmentation
 is seeded per (seed, epoch, sample), so the number of loader processes cannot change a sample),
 `cache_dir` (where decoded data is kept), `tracking` (where and what is logged, system metrics
 included: a sampler thread reads psutil/NVML counters and never touches the model, the data or
-any random stream), and `test_hooks` (failure injection for the restore tests; never set it in a
-real sweep).
+any random stream), `callbacks` (observers of the loop named by import path, see
+`CallbackRef`; they must not change a result) and `sample_suffix` (which Optuna sample of the
+grid point this is: its sampled values are fields of their own, hashed).
+
+The config is the only contract between the sweep and a trial: Ray Tune carries `to_tune()` (the
+fields and the planned hash, an Optuna sample's values and suffix merged on top), and the worker
+rebuilds it with `from_tune`, refusing a hash its own code computes differently. The arch, scale
+and fold choices are the study's vocabulary (trainables.vocabulary).
 
 Protocol defaults are the paper's (docs/study.md, "Training"); optimizer, lr and weight decay
 default per arch from `ARCH_DEFAULTS` and can be overridden. Errors name the field:
@@ -43,11 +50,9 @@ default per arch from `ARCH_DEFAULTS` and can be overridden. Errors name the fie
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
-import subprocess
 from pathlib import Path
 from typing import Any, Literal
 
@@ -60,19 +65,22 @@ from pydantic import (
     model_validator,
 )
 
-ARCHS = ("cnn", "vit_adamw", "vit_adamax", "swin")
-
-
-# Per sweep arch: (optimizer, lr, weight decay, model arch). docs/study.md "Training".
-ARCH_DEFAULTS: dict[str, tuple[str, float, float, str]] = {
-    "cnn": ("adamax", 5e-4, 0.0, "cnn"),
-    "vit_adamw": ("adamw", 1e-4, 1e-4, "vit"),
-    "vit_adamax": ("adamax", 5e-4, 0.0, "vit"),
-    "swin": ("adamw", 1e-4, 1e-4, "swin"),
-}
+from trainables.code_version import code_version
+from trainables.vocabulary import (
+    ARCH_DEFAULTS,
+    ARCHS,
+    MAX_FOLDS,
+    N_FOLDS,
+    check_choice,
+    folds,
+    scales,
+    trial_key,
+)
 
 #: Fields that cannot change a result, hence left out of `config_hash` (see module docstring).
-NOT_HASHED = frozenset({"num_workers", "cache_dir", "tracking", "test_hooks"})
+NOT_HASHED = frozenset({"num_workers", "cache_dir", "tracking", "callbacks", "sample_suffix"})
+# A recipe's words, not settings: left out of the hash too.
+_RECIPE_WORDS = ("display_name", "description")
 
 
 class ConfigError(ValueError):
@@ -110,24 +118,32 @@ class TrackingConfig(_Frozen):
     outbox_endpoint: str | None = None  # s3 endpoint of the outbox (MinIO), if any
 
 
-class TestHooks(_Frozen):
-    """Failure injection for the restore tests only. Never set in a real sweep."""
+class CallbackRef(_Frozen):
+    """A loop callback by import path, "package.module:factory" or {path, args}: the trial builds
+    `factory(**args)` (a trainables.callbacks.Callback) and adds it to the loop's own."""
 
-    __test__ = False  # not a pytest test class, despite the name
+    path: str
+    args: dict[str, Any] = {}
 
-    # Raise InjectedFailure at the start of this epoch (1-based, >= 2) unless this attempt resumed
-    # at or after it, so a retried trial restores from the previous epoch's checkpoint and goes on.
-    fail_at_epoch: int | None = Field(None, ge=2)
-    # Sleep this long in the middle of every epoch (after training, before evaluating), so that a
-    # test's signal lands mid-epoch on a tiny model.
-    epoch_delay_s: float = Field(0.0, ge=0)
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, data: Any) -> Any:
+        return {"path": data} if isinstance(data, str) else data
+
+    @field_validator("path")
+    @classmethod
+    def _import_path(cls, path: str) -> str:
+        module, _, name = path.partition(":")
+        if not all(part.isidentifier() for part in (*module.split("."), *name.split("."))):
+            raise ValueError(f"expected an import path 'package.module:factory', got {path!r}")
+        return path
 
 
 class TrialConfig(_Frozen):
     """Every setting of one training run (see the module docstring for what is hashed)."""
 
     # -- the grid point
-    arch: Literal["cnn", "vit_adamw", "vit_adamax", "swin"]
+    arch: str  # one of ARCHS
     scale: str
     # the full definition first, so that `recipe` is checked against it (filled from the
     # registry for a built-in recipe; a declared recipe's comes from the sweep spec)
@@ -138,7 +154,7 @@ class TrialConfig(_Frozen):
 
     # -- the data
     split_seed: int = 2026
-    n_folds: int = Field(5, ge=2, le=10)
+    n_folds: int = Field(N_FOLDS, ge=2, le=MAX_FOLDS)
     data_path: str | None = None
     data_version: str | None = None  # e.g. a fingerprint of the files; None = the path alone
     synthetic: SyntheticData | None = None
@@ -173,7 +189,9 @@ class TrialConfig(_Frozen):
     num_workers: int = Field(0, ge=0)
     cache_dir: str | None = None
     tracking: TrackingConfig | None = None
-    test_hooks: TestHooks | None = None
+    callbacks: list[CallbackRef] = []
+    # An Optuna sample of the grid point: 8 hex digits of the values it sampled (see `run_key`)
+    sample_suffix: str | None = Field(None, pattern=r"^[0-9a-f]{8}$")
 
     # ------------------------------------------------------------------ validation
 
@@ -202,17 +220,16 @@ class TrialConfig(_Frozen):
         # YAML 1.1 reads a bare `on`/`off` as a boolean.
         return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, arch: str) -> str:
+        return check_choice(arch, ARCHS, "arch")
+
     @field_validator("scale")
     @classmethod
     def _known_scale(cls, scale: str, info) -> str:
-        import models
-
         arch = info.data.get("arch")
-        if arch in ARCH_DEFAULTS:
-            valid = models.list_scales(ARCH_DEFAULTS[arch][3])
-            if scale not in valid:
-                raise ValueError(f"unknown scale {scale!r}; valid choices: {', '.join(valid)}")
-        return scale
+        return scale if arch is None else check_choice(scale, scales(arch), "scale")
 
     @model_validator(mode="before")
     @classmethod
@@ -280,7 +297,7 @@ class TrialConfig(_Frozen):
     def _consistent(self) -> TrialConfig:
         if (self.data_path is None) == (self.synthetic is None):
             raise ValueError("give exactly one of data_path (a kaggle_3m folder) or synthetic")
-        valid_folds = ["holdout", *(f"f{i}" for i in range(self.n_folds))]
+        valid_folds = folds(self.n_folds)
         if self.fold not in valid_folds:
             raise ValueError(f"fold {self.fold!r} is not one of {', '.join(valid_folds)}")
         self._check_backend()
@@ -288,6 +305,7 @@ class TrialConfig(_Frozen):
 
     def _check_backend(self) -> None:
         """Refuse, at plan time, what a backend cannot run (the reason is TE's or the layer's)."""
+        from models.registry import quantized_layer_kinds
         from quant.recipes import SLOTS
         from quant.te import check_te_trial
 
@@ -331,12 +349,18 @@ class TrialConfig(_Frozen):
 
     @property
     def trial_key(self) -> str:
-        return f"{self.arch}-{self.scale}-{self.recipe}-s{self.seed}-{self.fold}"
+        return trial_key(self.arch, self.scale, self.recipe, self.seed, self.fold)
+
+    @property
+    def run_key(self) -> str:
+        """The trial's own name (Ray trial, MLflow run): its grid point's `trial_key`, and for an
+        Optuna sample "-<sample_suffix>" (one grid point, many samples)."""
+        return f"{self.trial_key}-{self.sample_suffix}" if self.sample_suffix else self.trial_key
 
     def result_fields(self) -> dict[str, Any]:
         """The hashed fields, as JSON-ready values (a recipe's display name and description are
         words, not settings: renaming a recipe for a figure does not change its trials)."""
-        words = {"display_name": True, "description": True}
+        words = dict.fromkeys(_RECIPE_WORDS, True)
         return self.model_dump(
             mode="json", exclude={**dict.fromkeys(NOT_HASHED, True), "recipe_definition": words}
         )
@@ -360,19 +384,6 @@ class TrialConfig(_Frozen):
         return path
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "trial config") -> TrialConfig:
-        return cls.from_fields(data, source=source)
-
-    @classmethod
-    def from_json(cls, text: str, source: str = "trial config") -> TrialConfig:
-        return cls.from_fields(json.loads(text), source=source)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> TrialConfig:
-        path = Path(path)
-        return cls.from_json(path.read_text(), source=str(path))
-
-    @classmethod
     def from_fields(cls, fields: dict[str, Any], source: str = "trial config") -> TrialConfig:
         """Validate `fields`; a failure raises ConfigError naming `source` and every field."""
         if not isinstance(fields, dict):
@@ -386,57 +397,76 @@ class TrialConfig(_Frozen):
         """A validated copy with some fields changed."""
         return type(self).from_fields({**self.to_dict(), **changes})
 
+    # ------------------------------------------------------------------ across Ray Tune
 
-@functools.cache
-def quantized_layer_kinds(model_arch: str) -> frozenset[str]:
-    """{"linear", "conv"}: the kinds of layer a recipe quantizes in `model_arch` (any scale)."""
-    from torch import nn
+    def to_tune(self) -> dict[str, Any]:
+        """What a Ray Tune trial carries, under TUNE_KEY: every field, and the hash the driver
+        planned (a worker whose code hashes the fields differently refuses it: `from_tune`)."""
+        return {**self.to_dict(), TUNE_HASH: self.config_hash}
 
-    import models
-    from models.layers import quantized_layers
+    @classmethod
+    def from_tune(cls, tune_config: dict[str, Any]) -> TrialConfig:
+        """The TrialConfig of a Ray Tune trial's config, ``{TUNE_KEY: to_tune()}`` with an Optuna
+        sample's values merged on top (they change the hash, which is then not checked)."""
+        fields = tune_config.get(TUNE_KEY)
+        if not isinstance(fields, dict):
+            raise ConfigError(f"tune config: no {TUNE_KEY!r} mapping (TrialConfig.to_tune())")
+        planned = fields.get(TUNE_HASH)
+        trial = cls.from_fields({k: v for k, v in fields.items() if k != TUNE_HASH}, "tune config")
+        if trial.sample_suffix is None and planned not in (None, trial.config_hash):
+            raise ConfigError(
+                f"tune config: planned config_hash {planned!r} does not match the config's "
+                f"{trial.config_hash!r} (the sweep and the workers run different code?)"
+            )
+        return trial
 
-    model = models.build_model(model_arch, models.list_scales(model_arch)[0])
-    return frozenset(
-        "linear" if isinstance(m, nn.Linear) else "conv" for m in quantized_layers(model).values()
-    )
+
+#: A Ray Tune trial's config is {TUNE_KEY: TrialConfig.to_tune()}: one key, so that a grid of
+#: whole configs is one `tune.grid_search`, and an Optuna sample's fields merge into it.
+TUNE_KEY = "trial"
+#: The key beside the fields in `TrialConfig.to_tune()`: the config hash the driver planned.
+TUNE_HASH = "config_hash"
+
+
+def config_diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{field: (old value, new value)} of the result-affecting settings that differ between two
+    configs, as dicts (one may have been saved by another code version); nested fields dotted,
+    sorted by name. What the hash leaves out (NOT_HASHED, a recipe's words) is left out."""
+    return dict(sorted(_diff(_hashed_view(old), _hashed_view(new)).items()))
+
+
+def _hashed_view(config: dict[str, Any]) -> dict[str, Any]:
+    view = {k: v for k, v in config.items() if k not in NOT_HASHED}
+    if isinstance(view.get("recipe_definition"), dict):
+        words = set(_RECIPE_WORDS)
+        definition = view["recipe_definition"]
+        view["recipe_definition"] = {k: v for k, v in definition.items() if k not in words}
+    return view
+
+
+def _diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> dict[str, tuple]:
+    changed = {}
+    for key in old.keys() | new.keys():
+        a, b, name = old.get(key), new.get(key), f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed |= _diff(a, b, name + ".")
+        elif a != b:
+            changed[name] = (a, b)
+    return changed
 
 
 def _describe(err: ValidationError, source: str) -> str:
-    lines = [
-        "invalid trial config" if source == "trial config" else f"{source}: invalid trial config"
-    ]
-    valid_keys = ", ".join(TrialConfig.model_fields)
+    head = "invalid trial config" if source == "trial config" else f"{source}: invalid trial config"
+    unknown = f"unknown key; valid keys: {', '.join(TrialConfig.model_fields)}"
+    return "\n".join([head, *field_errors(err, "(config)", unknown)])
+
+
+def field_errors(err: ValidationError, top: str, unknown_key: str) -> list[str]:
+    """One line per error of `err`, "  <dotted field>: <message>" (`top` for the whole model,
+    `unknown_key` for a key the model does not have): the trial config's and the spec's."""
+    lines = []
     for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "(config)"
+        where = ".".join(str(p) for p in e["loc"]) or top
         msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = f"unknown key; valid keys: {valid_keys}"
-        lines.append(f"  {where}: {msg}")
-    return "\n".join(lines)
-
-
-@functools.cache
-def code_version() -> str:
-    """Package version, plus "+g<sha>" when the code runs from a git checkout."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        base = version("nvfp4-sweep")
-    except PackageNotFoundError:
-        base = "0.0.0+unknown"
-    sha = _git_sha(Path(__file__).resolve().parent)
-    return f"{base}+g{sha[:12]}" if sha else base
-
-
-def _git_sha(where: Path) -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(where), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
+        lines.append(f"  {where}: {unknown_key if e['type'] == 'extra_forbidden' else msg}")
+    return lines

@@ -148,8 +148,8 @@ def build_datasets(
     """Train/val/test datasets of the LGG folder at `root` for one (split, fold) and seed.
 
     `split_seed` fixes which patients go where; `seed` (the training seed) fixes augmentation.
-    `cache_dir=None` uses $SWEEP_DATA_CACHE or ~/.cache/nvfp4-sweep/data; `cache=False` reads
-    the TIFFs on every access instead. `augment=False` gives the training split the evaluation
+    `cache_dir=None` uses the `data/` folder of the cache root (trainables.cache); `cache=False`
+    reads the TIFFs on every access instead. `augment=False` gives the training split the evaluation
     transform. Raises DatasetError naming every bad file.
     """
     if not isinstance(seed, int) or seed < 0:

@@ -2,6 +2,11 @@
 
     run = TrainingRun(config, checkpoint_dir=..., data_root=...)   # build, or restore
     result = run.fit()                                             # epochs, then final evaluation
+    result = train(config, checkpoint_dir=...)                     # the same, with its artifacts
+
+The run's parts are built by trainables.factories (seeds, device, model, step, optimizer) and
+trainables.data (the data root and datasets); its artifacts are written by a callback
+(trainables.artifacts); its MLflow tracking is wired around it by trainables.tracked_run.
 
 Protocol (docs/study.md "Training", its defects not repeated):
 - Identical initial weights for every recipe of one (arch, scale, seed): seed torch with the seed,
@@ -19,9 +24,9 @@ Protocol (docs/study.md "Training", its defects not repeated):
   below the best so far; the patience counter (20) counts only epochs after the warmup (40), so
   no run stops before epoch warmup + patience. The best weights are those of the lowest validation
   loss of any epoch (any drop counts there): they are the result.
-- At the end: load the best weights, evaluate validation and test, log final metrics and the
-  artifacts (config, history, PR curves, prediction histograms, their PNGs, the quantization-error
-  table).
+- At the end: load the best weights, evaluate validation and test, hand the curves to the
+  callbacks (`on_final_evaluation`: the artifacts), save the final checkpoint, log the final
+  metrics and the artifacts.
 - A non-finite training or validation loss raises NonFiniteLossError naming the epoch and step:
   the run fails loudly; no batch or epoch is ever skipped. So does a NaN/inf NVFP4 operand
   (NonFiniteOperandError, a NonFiniteLossError): the quantizers record it in a device-side flag
@@ -36,43 +41,44 @@ Protocol (docs/study.md "Training", its defects not repeated):
   number of threads, across a stop and restore included.
 
 Observers: `tracker` (trainables.tracking.TrialTracker, or anything with log_epoch, log_final,
-log_artifact and state) and `callbacks` (see `Callback`), called after each epoch's checkpoint is
-on disk — the Ray trainable reports that folder to Ray Tune.
+log_artifact and state) and `callbacks` (trainables.callbacks: those given, then those the
+config names); `on_epoch_end` runs once the epoch's checkpoint is on disk — the Ray trainable
+reports that folder to Ray Tune.
 """
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import json
-import logging
 import math
 import os
-import random
 import time
 from collections.abc import Iterable
-from contextlib import nullcontext
-from dataclasses import dataclass, field
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from quant import nvfp4
-from trainables.checkpoint import (
-    STATE_FILE,
-    capture_rng,
-    load_checkpoint,
-    read_tracking_state,
-    restore_rng,
-    save_checkpoint,
-)
+from trainables.artifacts import ARTIFACTS_DIR, ArtifactsCallback
+from trainables.callbacks import Callback, config_callbacks
+from trainables.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from trainables.config import TrialConfig
-from trainables.failures import FAILURE_TAGS, NonFiniteLoss, record_failure
+from trainables.data import build_datasets_for, resolve_data_root
+from trainables.factories import (
+    autocast_dtype,
+    build_model_for,
+    build_optimizer,
+    derive_seed,
+    resolve_device,
+    seed_globals,
+    step_model_for,
+)
+from trainables.failures import NonFiniteLoss
 from trainables.losses import SegmentationLoss
-from trainables.metrics import PixelScores, SplitMetrics
+from trainables.metrics import PixelScores
 
 #: Per-epoch keys that measure time, not results (left out of exactness comparisons).
 TIMING_KEYS = frozenset({"epoch_time_s"})
@@ -86,159 +92,20 @@ class NonFiniteOperandError(NonFiniteLossError):
     """An NVFP4 operand (activation, weight or gradient) held NaN or inf during a step."""
 
 
-class InjectedFailure(RuntimeError):
-    """Raised by TestHooks.fail_at_epoch (restore tests only)."""
-
-
-# --------------------------------------------------------------------------- observers
-
-
-class Callback:
-    """Hooks called by the loop; the checkpoint folder is complete when they run."""
-
-    def on_epoch_end(self, metrics: dict[str, float], checkpoint_dir: Path) -> None:
-        pass
-
-    def on_train_end(self, metrics: dict[str, float], checkpoint_dir: Path) -> None:
-        pass
-
-
 @dataclass
 class RunResult:
+    """How a run ended. `artifacts`: the files its callbacks wrote at the final evaluation (none
+    when it was restored finished); `artifacts_dir`: their folder, set by `train` and
+    trainables.tracked_run.run_tracked."""
+
     config: TrialConfig
     final_metrics: dict[str, float]
     history: list[dict[str, float]]
     best_epoch: int
     stopped_early: bool
     checkpoint_dir: Path
-    artifacts_dir: Path
+    artifacts_dir: Path | None = None
     artifacts: list[Path] = field(default_factory=list)
-
-
-# --------------------------------------------------------------------------- seeds and device
-
-
-def derive_seed(seed: int, *tags: object) -> int:
-    """A 63-bit seed for one stream of the run, independent of every other stream."""
-    digest = hashlib.sha256(":".join(map(str, (seed, *tags))).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
-
-
-def seed_globals(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def autocast_dtype(config: TrialConfig, device: torch.device) -> torch.dtype | None:
-    """bf16 on CUDA ("auto" or "bf16"), bf16 on CPU only when asked; None means fp32."""
-    if config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
-
-
-# --------------------------------------------------------------------------- data
-
-
-def data_cache_root(config: TrialConfig) -> Path:
-    """config.cache_dir, else $SWEEP_DATA_CACHE, else ~/.cache/nvfp4-sweep (as trainables.cache)."""
-    root = config.cache_dir or os.environ.get("SWEEP_DATA_CACHE") or "~/.cache/nvfp4-sweep"
-    return Path(root).expanduser()
-
-
-def resolve_data_root(config: TrialConfig) -> Path:
-    """The dataset folder: `data_path`, or the synthetic dataset, generated once per parameters."""
-    if config.data_path is not None:
-        root = Path(config.data_path)
-        if not root.is_dir():
-            raise FileNotFoundError(f"data_path {root} is not a folder (expected kaggle_3m layout)")
-        return root
-    from trainables.synth import write_synthetic
-
-    params = config.synthetic.model_dump()
-    tag = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
-    root = data_cache_root(config) / "synthetic" / tag
-    root.parent.mkdir(parents=True, exist_ok=True)
-    # Concurrent trials on one node share the folder: the first writes it under the lock.
-    with open(root.parent / f"{tag}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (root / "data.csv").is_file():
-            write_synthetic(root, force=True, **params)
-    return root
-
-
-def build_datasets_for(config: TrialConfig, data_root: Path):
-    from trainables.datasets import build_datasets
-
-    return build_datasets(
-        data_root,
-        image_size=config.image_size,
-        split=config.split,
-        fold=config.fold_index,
-        n_folds=config.n_folds,
-        split_seed=config.split_seed,
-        seed=config.seed,
-        cache_dir=None if config.cache_dir is None else Path(config.cache_dir) / "data",
-        augment=config.augment,
-    )
-
-
-# --------------------------------------------------------------------------- model and optimizer
-
-
-def build_model_for(
-    config: TrialConfig, sr_generator: torch.Generator, device: torch.device | str | None = None
-) -> torch.nn.Module:
-    """Seed, build, then quantize: the initial weights never depend on the recipe (nor on the
-    backend). The recipe is the config's own definition (a spec may have declared it); the TE
-    backend swaps the Linear layers for transformer_engine's on `device` (quant.te)."""
-    import models
-    import quant
-
-    overrides = {"img_size": config.image_size, **config.model_overrides}
-    torch.manual_seed(config.seed)
-    model = models.build_model(config.model_arch, config.scale, **overrides)
-    model.check_input_size(config.image_size, config.image_size)
-    recipe = config.recipe_object()
-    if config.backend == "te":
-        from quant.te import te_model
-
-        return te_model(model.to(device or "cuda"), recipe)
-    return quant.prepare(model, recipe, generator=sr_generator)
-
-
-def compile_enabled(config: TrialConfig, device: torch.device) -> bool:
-    """`compile: on | off | auto`; auto compiles on CUDA only (see BENCHMARKS.md: on the CPU
-    the compile time outweighs the step-time gain for runs of this study's length)."""
-    if config.backend == "te":  # TE runs its own kernels (compile: on is refused at plan time)
-        return False
-    return config.compile == "on" or (config.compile == "auto" and device.type == "cuda")
-
-
-def step_model_for(config: TrialConfig, model: torch.nn.Module, device: torch.device):
-    """What runs the training and evaluation steps: `model`, or `model` compiled (fullgraph,
-    bit-exact settings; same parameters). Compiled kernels are cached in one folder per node
-    (TORCHINDUCTOR_CACHE_DIR, default <data cache>/inductor), so the trials of a node after
-    the first load them instead of compiling again."""
-    if not compile_enabled(config, device):
-        return model
-    from quant.compile import compile_model
-
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(data_cache_root(config) / "inductor"))
-    return compile_model(model)
-
-
-def build_optimizer(config: TrialConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    kinds = {"adamw": torch.optim.AdamW, "adamax": torch.optim.Adamax}
-    return kinds[config.optimizer](
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
-    )
 
 
 # --------------------------------------------------------------------------- early stopping
@@ -283,19 +150,19 @@ class TrainingRun:
         device: str | torch.device | None = None,
         tracker: Any = None,
         callbacks: Iterable[Callback] = (),
-        artifacts_dir: str | os.PathLike | None = None,
         datasets: Any = None,
     ) -> None:
         self.config = config
         self.device = resolve_device(device)
         self.checkpoint_dir = Path(checkpoint_dir)
-        self.artifacts_dir = Path(artifacts_dir or self.checkpoint_dir / "artifacts")
-        self.tracker, self.callbacks = tracker, list(callbacks)
+        self.tracker = tracker
+        self.callbacks = [*_checked(callbacks), *config_callbacks(config)]
         self.amp_dtype = autocast_dtype(config, self.device)
         if self.device.type == "cpu":
             # The eager flag of torch.use_deterministic_algorithms(True, warn_only=True). The
             # public setter also imports torch._inductor to set the compiler's flag: 2 s per
-            # trial process on 2 cores, for a compiler this loop never uses.
+            # trial process on 2 cores, for a compiler a CPU run uses only under `compile: on`
+            # (`auto` leaves it off on the CPU).
             torch._C._set_deterministic_algorithms(True, warn_only=True)
         if datasets is None:
             root = Path(data_root) if data_root is not None else resolve_data_root(config)
@@ -323,7 +190,6 @@ class TrainingRun:
         self.best_val_loss, self.best_epoch, self.best_model = math.inf, 0, None
         self.stopped_early = False
         self.final_metrics: dict[str, float] | None = None
-        self.first_epoch_this_attempt = 1
         if resume_from is not None:
             self.restore(resume_from)
 
@@ -366,17 +232,18 @@ class TrainingRun:
         self.history = list(state["history"])
         self.epoch, self.stopped_early = state["epoch"], state["stopped_early"]
         self.final_metrics = state["final_metrics"]
-        self.first_epoch_this_attempt = self.epoch + 1
         restore_rng(state["rng"], self.sr_generator)
 
     # ------------------------------------------------------------------ epochs
 
-    def _autocast(self):
+    def autocast(self) -> AbstractContextManager:
+        """The run's precision for a forward: bf16 autocast, or nothing (fp32)."""
         if self.amp_dtype is None:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def _loader(self, dataset, *, shuffle: bool, epoch: int) -> DataLoader:
+    def loader(self, dataset: Dataset, *, shuffle: bool, epoch: int) -> DataLoader:
+        """Batches of `dataset`, in the order of (seed, "order", epoch) when shuffled."""
         generator = torch.Generator().manual_seed(derive_seed(self.config.seed, "order", epoch))
         return DataLoader(
             dataset,
@@ -392,12 +259,12 @@ class TrainingRun:
         self.data.train.set_epoch(epoch)
         params = [p for p in self.model.parameters() if p.requires_grad]
         sums, seen = np.zeros(3), 0
-        for step, (x, y) in enumerate(self._loader(self.data.train, shuffle=True, epoch=epoch)):
+        for step, (x, y) in enumerate(self.loader(self.data.train, shuffle=True, epoch=epoch)):
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)
             self.optimizer.zero_grad(set_to_none=True)
             with nvfp4.deferred(self.finite_check):
-                with self._autocast():
+                with self.autocast():
                     logits = self.step_model(x)
                 terms = self.loss_fn(logits, y)
                 terms.total.backward()
@@ -433,10 +300,10 @@ class TrainingRun:
         """Loss terms and the pixel scores of `dataset` under the current weights."""
         self.model.eval()
         hist, sums, seen = PixelScores(), np.zeros(3), 0
-        for x, y in self._loader(dataset, shuffle=False, epoch=0):
+        for x, y in self.loader(dataset, shuffle=False, epoch=0):
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)
-            with nvfp4.deferred(self.finite_check), self._autocast():
+            with nvfp4.deferred(self.finite_check), self.autocast():
                 logits = self.step_model(x)
             terms = self.loss_fn(logits, y)
             sums += np.array(self._step_values(terms, "evaluation loss")) * len(x)
@@ -451,8 +318,6 @@ class TrainingRun:
         start = time.perf_counter()
         record: dict[str, float] = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]}
         record.update(self.train_epoch(epoch))
-        if self.config.test_hooks and self.config.test_hooks.epoch_delay_s:
-            time.sleep(self.config.test_hooks.epoch_delay_s)
         losses, hist = self.evaluate(self.data.val)
         record.update({f"val_{k}": v for k, v in losses.items()})
         record.update({f"val_{k}": v for k, v in hist.compute().items()})
@@ -469,13 +334,12 @@ class TrainingRun:
     # ------------------------------------------------------------------ the whole run
 
     def fit(self) -> RunResult:
-        hooks = self.config.test_hooks
         while self.final_metrics is None and self.epoch < self.config.epochs:
             if self.stopped_early:
                 break
             epoch = self.epoch + 1
-            if hooks and hooks.fail_at_epoch == epoch and self.first_epoch_this_attempt < epoch:
-                raise InjectedFailure(f"injected failure at the start of epoch {epoch}")
+            for callback in self.callbacks:
+                callback.on_epoch_start(epoch, self)
             record = self.run_epoch(epoch)
             self.epoch = epoch
             self.history.append(record)
@@ -496,12 +360,12 @@ class TrainingRun:
             best_epoch=self.best_epoch,
             stopped_early=self.stopped_early,
             checkpoint_dir=self.checkpoint_dir,
-            artifacts_dir=self.artifacts_dir,
             artifacts=artifacts,
         )
 
     def finish(self) -> list[Path]:
-        """Best weights -> final validation and test metrics, artifacts, final checkpoint."""
+        """Best weights -> final validation and test metrics, the callbacks' files (artifacts),
+        the final checkpoint, then the tracker's final record."""
         if self.best_model is not None:
             self.model.load_state_dict(self.best_model)
         final: dict[str, float] = {
@@ -516,7 +380,7 @@ class TrainingRun:
             final.update({f"{split}_{k}": float(v) for k, v in losses.items()})
             curves[split] = hist.result()
             final.update({f"{split}_{k}": float(v) for k, v in curves[split].metrics.items()})
-        paths = write_artifacts(self, curves)
+        paths = [path for c in self.callbacks for path in c.on_final_evaluation(self, curves)]
         self.final_metrics = final
         self.save()
         if self.tracker is not None:
@@ -526,240 +390,30 @@ class TrainingRun:
         return paths
 
 
+def _checked(callbacks: Iterable[Callback]) -> list[Callback]:
+    callbacks = list(callbacks)
+    for callback in callbacks:
+        if not isinstance(callback, Callback):
+            raise TypeError(
+                f"{type(callback).__name__} is not a trainables.callbacks.Callback (subclass it: "
+                "the loop calls every hook, each a no-op unless overridden)"
+            )
+    return callbacks
+
+
 def train(
     config: TrialConfig,
     *,
     checkpoint_dir: str | os.PathLike,
-    data_root: str | os.PathLike | None = None,
-    resume_from: str | os.PathLike | None = None,
-    device: str | torch.device | None = None,
-    tracker: Any = None,
-    callbacks: Iterable[Callback] = (),
     artifacts_dir: str | os.PathLike | None = None,
+    callbacks: Iterable[Callback] = (),
+    **options: Any,
 ) -> RunResult:
-    """Train one run to the end (resuming from `resume_from` if given); see TrainingRun."""
-    return TrainingRun(
-        config,
-        checkpoint_dir=checkpoint_dir,
-        data_root=data_root,
-        resume_from=resume_from,
-        device=device,
-        tracker=tracker,
-        callbacks=callbacks,
-        artifacts_dir=artifacts_dir,
-    ).fit()
-
-
-# --------------------------------------------------------------------------- tracking lifecycle
-# Shared by the Ray trainable and `sweep train-one`: the tracker is opened before the loop and
-# finished after it, whatever happens, with the status that says how the run ended.
-
-TRACKING_DIR = "tracking"  # the MLflow journal, inside the checkpoint so it travels with it
-
-
-def build_tracker(config: TrialConfig, checkpoint_dir: Path):
-    """The trial's MLflow tracker, reopening the run id the checkpoint kept (None: no tracking).
-    With an outbox, records still undelivered at the end are kept there (trainables.outbox). An
-    entry an earlier attempt of this trial left there is dropped: this attempt supersedes it
-    (its restored journal holds the same records, and its own end sets the run's status)."""
-    if config.tracking is None:
-        return None
-    from trainables.tracking import TrialTracker, resolve_tracking_uri
-
-    recipe = config.recipe_object()
-    sha = config.code_version.partition("+g")[2]
-    tags = {
-        "sweep": config.tracking.experiment,
-        "trial_key": config.trial_key,
-        "arch": config.arch,
-        "scale": config.scale,
-        "recipe": config.recipe,
-        "recipe_id": "" if recipe.paper_id is None else str(recipe.paper_id),
-        "seed": str(config.seed),
-        "fold": config.fold,
-        "split_seed": str(config.split_seed),
-        "config_hash": config.config_hash,
-        "git_sha": sha or "unknown",
-        **config.tracking.tags,
-    }
-    params = config.model_dump(mode="json", exclude={"tracking", "test_hooks"})
-    keep_pending = None
-    if config.tracking.outbox:
-        from trainables.outbox import Outbox, keeper
-
-        outbox = Outbox.at(config.tracking.outbox, config.tracking.outbox_endpoint)
-        outbox.discard(tags["trial_key"])
-        uri = resolve_tracking_uri(config.tracking.tracking_uri)
-        keep_pending = keeper(outbox, tags["trial_key"], uri)
-    tracker = TrialTracker(
-        tracking_uri=config.tracking.tracking_uri,
-        experiment=config.tracking.experiment,
-        trial_key=tags["trial_key"],  # a search sample's own key, else the grid point's
-        tags=tags,
-        params=params,
-        buffer_dir=checkpoint_dir / TRACKING_DIR,
-        parent_run_id=config.tracking.parent_run_id,
-        run_id=read_tracking_state(checkpoint_dir).get("run_id"),
-        finish_timeout_s=config.tracking.finish_timeout_s,
-        keep_pending=keep_pending,
+    """Train one run to the end (see TrainingRun) with its artifacts (trainables.artifacts) in
+    `artifacts_dir`, default `checkpoint_dir`/artifacts; `options` are TrainingRun's (data_root,
+    resume_from, device, tracker, datasets). A tracked run: trainables.tracked_run."""
+    artifacts = ArtifactsCallback(artifacts_dir or Path(checkpoint_dir) / ARTIFACTS_DIR)
+    run = TrainingRun(
+        config, checkpoint_dir=checkpoint_dir, callbacks=[artifacts, *callbacks], **options
     )
-    tracker.start()
-    return tracker
-
-
-def run_tracked(
-    config: TrialConfig,
-    checkpoint_dir: Path,
-    *,
-    callbacks: list[Callback],
-    data_root: Path | None = None,
-    device: str | None = None,
-    artifacts_dir: Path | None = None,
-):
-    """The loop with its tracker's lifecycle around it; resumes if `checkpoint_dir` holds one.
-    Artifacts default to `checkpoint_dir`/artifacts, so Tune persists them with the checkpoint.
-
-    Around the loop, for the MLflow UI: the data as the run's dataset input, system metrics when
-    asked for (trainables.system_metrics), and the run's description once it ends, finished or
-    not (trainables.run_notes)."""
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    resume = checkpoint_dir if (checkpoint_dir / STATE_FILE).is_file() else None
-    tracker = build_tracker(config, checkpoint_dir)
-    status, result, error, monitor = "FAILED", None, None, None
-    try:
-        root = Path(data_root) if data_root is not None else resolve_data_root(config)
-        run = TrainingRun(
-            config,
-            checkpoint_dir=checkpoint_dir,
-            data_root=root,
-            resume_from=resume,
-            device=device,
-            tracker=tracker,
-            callbacks=callbacks,
-            artifacts_dir=artifacts_dir,
-        )
-        monitor = _observe(tracker, config, run, root)
-        result = run.fit()
-        status = "FINISHED"
-        return result
-    except (KeyboardInterrupt, SystemExit):
-        status = "KILLED"
-        raise
-    except Exception as exc:
-        error = exc
-        if tracker is not None:
-            record_failure(tracker, exc)
-        raise
-    finally:
-        _close_tracking(tracker, config, status, result, error, monitor)
-
-
-def _observe(tracker, config: TrialConfig, run: TrainingRun, root: Path):
-    """Log the run's dataset input; start its system-metrics monitor (None if not wanted)."""
-    if tracker is None:
-        return None
-    from trainables import run_notes, system_metrics
-
-    tracker.log_dataset(run_notes.dataset_input(config, run.data, root))
-    return system_metrics.start(config.tracking, tracker.run_id, run.device.type)
-
-
-def _close_tracking(tracker, config: TrialConfig, status: str, result, error, monitor) -> None:
-    if tracker is None:
-        return
-    from trainables import run_notes, system_metrics
-
-    system_metrics.stop(monitor)  # first: the monitor logs only while the run is RUNNING
-    try:
-        tracker.set_note(run_notes.trial_note(config, result, error))
-    except Exception as exc:  # a description is not worth masking how the run ended
-        logging.getLogger(__name__).warning("%s: no run description: %s", config.trial_key, exc)
-    if status == "FINISHED":  # an earlier attempt may have failed
-        tracker.log_tags({}, delete=FAILURE_TAGS)
-    tracker.finish(status)
-
-
-# --------------------------------------------------------------------------- artifacts
-# Small files only (the paper's code pickled hundreds of MB of probabilities per run): the PR
-# curve is downsampled to <= 512 points and the histogram has 100 bins.
-
-
-def write_artifacts(run: TrainingRun, curves: dict[str, SplitMetrics]) -> list[Path]:
-    """config.json, history.json, pr_curve[_val].json, pred_hist[_val].json (no suffix: test),
-    two PNGs, the quantization-error table, and the best weights when tracking asks for them."""
-    out = run.artifacts_dir
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [run.config.save(out / "config.json"), _write_json(out / "history.json", run.history)]
-    figure_data = {}
-    for split, result in curves.items():
-        suffix = "" if split == "test" else f"_{split}"
-        hist = {"split": split, **result.histogram}
-        pr = {"split": split, **result.pr_curve}
-        paths.append(_write_json(out / f"pr_curve{suffix}.json", pr))
-        paths.append(_write_json(out / f"pred_hist{suffix}.json", hist))
-        figure_data[split] = (pr, hist)
-    paths.extend(_plot_figures(out, figure_data, run.config.trial_key))
-    table = quantization_table(run)
-    if table is not None:
-        paths.append(_write_json(out / "quantization_error.json", table))
-    tracking = run.config.tracking
-    if tracking is not None and tracking.log_weights and run.best_model is not None:
-        weights = out / "best_model.pt"
-        torch.save({k: v.cpu() for k, v in run.best_model.items()}, weights)
-        paths.append(weights)
-    return paths
-
-
-def quantization_table(run: TrainingRun) -> list[dict] | None:
-    """Per quantized layer and operand (FPROP, DGRAD, WGRAD): SQNR in dB and the zero-scale
-    fraction, measured by quant.telemetry on one forward + backward of the first validation
-    batch with the final weights. None when nothing is quantized (the baseline recipe).
-
-    Eval mode (no dropout draw), gradients discarded, and the SR generator put back afterwards:
-    measuring leaves no trace in the run's state."""
-    import quant.telemetry
-    from quant.modules import quantized_layers
-
-    if not quantized_layers(run.model):
-        return None
-    x, y = next(iter(run._loader(run.data.val, shuffle=False, epoch=0)))
-    x, y = x.to(run.device), y.to(run.device)
-    sr_state = run.sr_generator.get_state()
-    run.model.eval()
-    with quant.telemetry.collect(run.model):
-        with run._autocast():
-            logits = run.model(x)
-        run.loss_fn(logits, y).total.backward()
-    run.model.zero_grad(set_to_none=True)
-    run.sr_generator.set_state(sr_state)
-    return quant.telemetry.quantization_report(run.model) or None
-
-
-def _write_json(path: Path, obj: Any) -> Path:
-    path.write_text(json.dumps(obj, indent=1) + "\n")
-    return path
-
-
-def _plot_figures(out: Path, data: dict, title: str) -> list[Path]:
-    # matplotlib's object API: no pyplot import, no global figure state, no display backend.
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(4.5, 4))
-    ax = fig.add_subplot()
-    for split, (pr, _) in data.items():
-        ax.step(pr["recall"], pr["precision"], where="post", label=split)
-    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
-    ax.legend()
-    fig.subplots_adjust(left=0.17, bottom=0.13, right=0.96, top=0.91)  # tight_layout is slow
-    fig.savefig(out / "pr_curve.png", dpi=100)
-
-    fig = Figure(figsize=(4.5, 4))
-    ax = fig.add_subplot()
-    for split, (_, hist) in data.items():
-        edges, counts = np.asarray(hist["bin_edges"]), np.asarray(hist["counts"])
-        ax.stairs(np.maximum(counts, 0.5), edges, label=split)  # 0.5: empty bins on a log axis
-    ax.set(xlabel="predicted probability", ylabel="pixels", yscale="log", title=title)
-    ax.legend()
-    fig.subplots_adjust(left=0.17, bottom=0.13, right=0.96, top=0.91)  # tight_layout is slow
-    fig.savefig(out / "pred_hist.png", dpi=100)
-    return [out / "pr_curve.png", out / "pred_hist.png"]
+    return replace(run.fit(), artifacts_dir=artifacts.folder)

@@ -1,13 +1,16 @@
 """The Ray Tune function trainable: a thin adapter from one Tune trial to `trainables.loop`.
 
-    tune.Tuner(tune.with_resources(train_trial, {"cpu": 1}), param_space={"trial": payload}, ...)
+    tune.Tuner(
+        tune.with_resources(train_trial, {"cpu": 1}),
+        param_space={TUNE_KEY: config.to_tune()},  # or tune.grid_search([...]) of several
+        ...,
+    )
 
 What it adds to the loop, and nothing else:
-- the config: Tune's `config` is either a TrialConfig dict itself or the sweep's payload
-  ``{"trial": {"trial": <TrialConfig dict>, "config_hash": ..., "tracking": {"uri",
-  "experiment", "parent_run_id", "system_metrics", "system_metrics_interval_s", ...},
-  "save_weights": bool, "trial_key": ...}}`` (see `config_from_tune`); a payload whose hash or
-  key disagrees with its config is refused;
+- the config: Tune's `config` is ``{TUNE_KEY: TrialConfig.to_tune()}``, the whole trial config,
+  its tracking settings included, with an Optuna sample's values merged on top
+  (`TrialConfig.from_tune`); a config whose hash this code computes differently from the driver's
+  is refused;
 - threads: torch uses as many threads as CPUs Ray gave the trial;
 - restore: `ray.tune.get_checkpoint()` is downloaded into the trial's working folder and the run
   continues from it (the MLflow journal inside it too); a checkpoint that cannot be read falls
@@ -30,8 +33,6 @@ What it adds to the loop, and nothing else:
 from __future__ import annotations
 
 import gc
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -39,59 +40,13 @@ import ray
 import ray.tune
 import torch
 
+from trainables.callbacks import Callback
 from trainables.checkpoint import restore_newest_intact
-from trainables.config import ConfigError, TrackingConfig, TrialConfig
+from trainables.config import TUNE_KEY, TrialConfig
 from trainables.failures import FailedForGood, classify, mark_failed, read_mark
-from trainables.loop import TRACKING_DIR, Callback, run_tracked
 from trainables.scratch import scratch_dir
-
-# Payload tracking keys passed on to TrackingConfig as they are (see config_from_tune).
-OUTBOX_KEYS = ("finish_timeout_s", "outbox", "outbox_endpoint")
-SYSTEM_METRICS_KEYS = ("system_metrics", "system_metrics_interval_s")
-
-
-def config_from_tune(config: dict[str, Any]) -> TrialConfig:
-    """The TrialConfig of a Tune trial, from a flat config or the sweep's payload.
-
-    Keys beside "trial" in a payload config are TrialConfig fields that override the payload's
-    (values a search algorithm such as Optuna sampled); the payload's config_hash, computed before
-    sampling, is then not checked."""
-    payload = config.get("trial") if isinstance(config.get("trial"), dict) else None
-    if payload is None:
-        return TrialConfig.from_dict(config, source="tune config")
-    if not isinstance(payload.get("trial"), dict):
-        raise ConfigError("tune config: the payload has no 'trial' (TrialConfig fields)")
-    sampled = {k: v for k, v in config.items() if k != "trial"}
-    fields = {**payload["trial"], **sampled}
-    if sampled:
-        payload = {k: v for k, v in payload.items() if k != "config_hash"}
-    tracking = payload.get("tracking")
-    if tracking:
-        # A sampled trial is one of many at the same grid point: its own MLflow run, by its key.
-        tags = {"trial_key": sampled_trial_key(payload["trial_key"], sampled)} if sampled else {}
-        fields["tracking"] = TrackingConfig(
-            tracking_uri=tracking.get("uri") or tracking.get("tracking_uri"),
-            experiment=tracking.get("experiment", "train-one"),
-            parent_run_id=tracking.get("parent_run_id"),
-            log_weights=bool(payload.get("save_weights", False)),
-            tags=tags,
-            **{k: tracking[k] for k in OUTBOX_KEYS if tracking.get(k) is not None},
-            **{k: tracking[k] for k in SYSTEM_METRICS_KEYS if k in tracking},
-        ).model_dump()
-    trial = TrialConfig.from_dict(fields, source="tune config")
-    for key, expected in (("config_hash", trial.config_hash), ("trial_key", trial.trial_key)):
-        if payload.get(key) not in (None, expected):
-            raise ConfigError(
-                f"tune config: payload {key} {payload[key]!r} does not match the config's "
-                f"{expected!r} (the sweep and the workers run different code?)"
-            )
-    return trial
-
-
-def sampled_trial_key(grid_key: str, sampled: dict[str, Any]) -> str:
-    """`<grid trial key>-<8 hex>`: one search sample, named by the values it sampled."""
-    canonical = json.dumps(sampled, sort_keys=True, default=str)
-    return f"{grid_key}-{hashlib.sha256(canonical.encode()).hexdigest()[:8]}"
+from trainables.tracked_run import TRACKING_DIR, run_tracked
+from trainables.vocabulary import GRID_AXES, trial_key
 
 
 class TuneReporter(Callback):
@@ -155,7 +110,7 @@ def train_trial(config: dict[str, Any]) -> None:
         checkpoint_dir = work / "checkpoint"
         reporter = TuneReporter()
         try:
-            trial = config_from_tune(config)
+            trial = TrialConfig.from_tune(config)
             cpus = trial_cpus()
             if cpus is not None:
                 torch.set_num_threads(cpus)
@@ -175,8 +130,12 @@ def train_trial(config: dict[str, Any]) -> None:
 
 
 def _scratch_name(config: dict[str, Any]) -> str:
-    payload = config.get("trial") if isinstance(config.get("trial"), dict) else config
-    return str(payload.get("trial_key") or "trial")
+    """A readable prefix for the trial's scratch folder: its grid point, read before the config
+    is validated (a config that fails validation still gets a folder, to report from)."""
+    fields = config.get(TUNE_KEY)
+    if not isinstance(fields, dict) or not all(axis in fields for axis in GRID_AXES):
+        return "trial"
+    return trial_key(*(fields[axis] for axis in GRID_AXES))
 
 
 def tune_checkpoints(newest: ray.tune.Checkpoint) -> list[tuple[str, Any]]:

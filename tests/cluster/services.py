@@ -32,6 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support.sweeps import with_repo_on_path
+
 S3_KEYS = {
     "AWS_ACCESS_KEY_ID": "testing-key",
     "AWS_SECRET_ACCESS_KEY": "testing-secret",
@@ -40,7 +42,6 @@ S3_KEYS = {
 MLFLOW_BUCKET = "mlflow"
 SWEEP_BUCKET = "sweeps"
 BIN = Path(sys.executable).parent
-REPO = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -148,14 +149,14 @@ class LocalCluster:
         env.update(S3_KEYS)
         env.update(
             PATH=f"{BIN}:{env.get('PATH', '')}",
-            # The nodes import this checkout's packages, as a cluster's image holds the package.
-            PYTHONPATH=os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p),
             AWS_ENDPOINT_URL=self.s3_url,
             NO_ALBUMENTATIONS_UPDATE="1",
             PYTHONUNBUFFERED="1",
             RAY_USAGE_STATS_ENABLED="0",
         )
-        return env
+        # The nodes import this checkout's packages, as a cluster's image holds the package (and
+        # tests.support, for the loop callbacks a test spec names).
+        return with_repo_on_path(env)
 
     @property
     def env(self) -> dict[str, str]:

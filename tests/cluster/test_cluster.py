@@ -26,7 +26,6 @@ import math
 import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -34,10 +33,11 @@ import pytest
 import yaml
 
 from tests.cluster.services import SWEEP_BUCKET, LocalCluster, s3_keys, wait_for
+from tests.support.hooks import slow_epochs
+from tests.support.sweeps import sweep_cli, tiny_spec
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e, pytest.mark.slow]
 
-SWEEP = [sys.executable, "-m", "sweep"]
 NAME = "lab"
 STORAGE = f"s3://{SWEEP_BUCKET}/lab-study"
 EPOCHS = 8
@@ -45,40 +45,28 @@ FIRST, SECOND = "cnn-tiny-baseline-s1-holdout", "cnn-tiny-nvfp4-s1-holdout"
 
 
 def lab_spec(**overrides) -> dict:
-    spec = {
-        "name": NAME,
-        "data": {
-            # Big enough for an epoch to take seconds: the node is lost between two of them.
+    spec = tiny_spec(
+        NAME,
+        # Big enough for an epoch to take seconds: the node is lost between two of them.
+        data={
             "synthetic": {"patients": 8, "size": 48, "seed": 0, "slices_per_patient": 8},
             "image_size": 48,
         },
-        "grid": {"arch": ["cnn"], "scale": ["tiny"], "recipe": ["baseline", "nvfp4"], "seed": [1]},
         # Every epoch lasts a second at least, however fast the machine: the node loss and the
-        # stop below must land with epochs still to run (the hook changes no result).
-        "protocol": {
-            "epochs": EPOCHS,
-            "batch_size": 8,
-            "early_stop_warmup": EPOCHS,
-            "test_hooks": {"epoch_delay_s": 1.0},
-        },
+        # stop below must land with epochs still to run (the callback changes no result; the
+        # nodes import it from this checkout, on their PYTHONPATH).
+        protocol={"epochs": EPOCHS, "early_stop_warmup": EPOCHS, "callbacks": [slow_epochs(1.0)]},
         # One trial at a time: the node that is lost runs exactly one, known, trial.
-        "resources": {"cpus_per_trial": 1, "max_concurrent": 1},
-        "storage": STORAGE,
-        "failure": {"max_retries": 2},
-        "analyze": True,
-    }
+        resources={"cpus_per_trial": 1, "max_concurrent": 1},
+        storage=STORAGE,
+        failure={"max_retries": 2},
+        analyze=True,
+    )
     return spec | overrides
 
 
-def sweep_cli(lab: LocalCluster, *args: str, cwd: Path, env: dict | None = None, timeout=120):
-    return subprocess.run(
-        [*SWEEP, *args],
-        env=env or lab.env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+def lab_cli(lab: LocalCluster, *args: str, cwd: Path, env: dict | None = None, timeout=120):
+    return sweep_cli(*args, env=env or lab.env, cwd=cwd, timeout=timeout)
 
 
 def ok(out: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -153,7 +141,7 @@ def progressing(lab: LocalCluster, predicate):
 
 
 def job_state(lab: LocalCluster, cwd: Path) -> str:
-    out = ok(sweep_cli(lab, "status", NAME, "--address", lab.dashboard_url, cwd=cwd))
+    out = ok(lab_cli(lab, "status", NAME, "--address", lab.dashboard_url, cwd=cwd))
     return out.stdout.split(":")[1].split()[0]
 
 
@@ -167,7 +155,7 @@ def test_sweep_survives_a_lost_node_and_a_lost_driver(cluster: LocalCluster, tmp
     started = time.monotonic()
 
     # 1. Submitted through the Jobs API (with the cluster's token, from the environment).
-    ok(sweep_cli(lab, *submit, cwd=client))
+    ok(lab_cli(lab, *submit, cwd=client))
     wait_for(
         progressing(
             lab,
@@ -210,9 +198,9 @@ def test_sweep_survives_a_lost_node_and_a_lost_driver(cluster: LocalCluster, tmp
     assert ledger(lab).get(SECOND, {}).get("state") != "FINISHED"
     assert max(epoch_steps(lab, tracked_runs(lab)[SECOND], "train_loss")) < EPOCHS
     stopped_at = max(checkpoints(lab, SECOND))
-    again = ok(sweep_cli(lab, *submit, "--wait", "--timeout", "300", cwd=client, timeout=330))
+    again = ok(lab_cli(lab, *submit, "--wait", "--timeout", "300", cwd=client, timeout=330))
     assert "SUCCEEDED" in again.stdout
-    logs = ok(sweep_cli(lab, "logs", NAME, "--address", lab.dashboard_url, cwd=client)).stdout
+    logs = ok(lab_cli(lab, "logs", NAME, "--address", lab.dashboard_url, cwd=client)).stdout
     assert "1 of 2 trials already finished: skipped" in logs
     assert "resuming interrupted experiment run-001" in logs
     assert "2/2 trials finished" in logs
@@ -240,14 +228,14 @@ def test_sweep_survives_a_lost_node_and_a_lost_driver(cluster: LocalCluster, tmp
     elsewhere.mkdir()
     env = {k: v for k, v in lab.env.items() if k not in ("MLFLOW_TRACKING_URI", "SWEEP_STORAGE")}
     status = ok(
-        sweep_cli(lab, "status", NAME, "--storage", STORAGE, "--json", cwd=elsewhere, env=env)
+        lab_cli(lab, "status", NAME, "--storage", STORAGE, "--json", cwd=elsewhere, env=env)
     )
     rows = {r["key"]: r for r in json.loads(status.stdout)}
     assert {k: r["state"] for k, r in rows.items()} == {FIRST: "FINISHED", SECOND: "FINISHED"}
     for key, row in rows.items():
         assert row["metrics"]["test_auprc"] == final[key]["metrics"]["test_auprc"]
     on_cluster = driver_report(lab)  # what the driver's `analyze: true` logged to MLflow
-    ok(sweep_cli(lab, "analyze", NAME, "--tracking-uri", lab.mlflow_url, cwd=elsewhere, env=env))
+    ok(lab_cli(lab, "analyze", NAME, "--tracking-uri", lab.mlflow_url, cwd=elsewhere, env=env))
     here = (elsewhere / "results" / NAME / "analysis" / "report.md").read_text()
     assert undated(here) == undated(on_cluster)
     assert sorted(p.name for p in elsewhere.iterdir()) == ["results"]  # nothing else written
@@ -275,8 +263,8 @@ def uninterrupted(config: dict, folder: Path):
     from trainables.config import TrialConfig
     from trainables.loop import train
 
-    trial = TrialConfig.from_dict(config).replace(
-        cache_dir=str(folder / "cache"), tracking=None, test_hooks=None
+    trial = TrialConfig.from_fields(config).replace(
+        cache_dir=str(folder / "cache"), tracking=None, callbacks=[]
     )
     return train(trial, checkpoint_dir=folder / "checkpoint")
 
@@ -329,7 +317,7 @@ def test_a_cluster_refuses_storage_or_tracking_its_nodes_do_not_share(cluster, t
     assert nodes >= 2
     local = tmp_path / "lab-local.yaml"
     local.write_text(yaml.safe_dump(lab_spec(name="local", storage=str(tmp_path / "sweeps"))))
-    out = sweep_cli(lab, "submit", str(local), "--address", lab.dashboard_url, cwd=tmp_path)
+    out = lab_cli(lab, "submit", str(local), "--address", lab.dashboard_url, cwd=tmp_path)
     assert out.returncode == 2
     assert "is a local path, and this Ray cluster has" in out.stderr
     assert "s3://" in out.stderr and "storage_shared: true" in out.stderr
@@ -343,7 +331,7 @@ def test_a_cluster_refuses_storage_or_tracking_its_nodes_do_not_share(cluster, t
     del spec["storage"]
     unset.write_text(yaml.safe_dump(spec))
     env = lab.env | {"SWEEP_STORAGE": str(tmp_path / "default")}
-    out = sweep_cli(lab, "run", str(unset), "--address", lab.gcs_address, cwd=tmp_path, env=env)
+    out = lab_cli(lab, "run", str(unset), "--address", lab.gcs_address, cwd=tmp_path, env=env)
     assert out.returncode == 2, out.stdout + out.stderr
     assert "is a local path, and this Ray cluster has" in out.stderr
     assert not (tmp_path / "default").exists()
@@ -354,17 +342,17 @@ def test_the_cluster_token_is_required_and_sent(cluster, tmp_path):
     tokenless = {k: v for k, v in lab.env.items() if k != "RAY_AUTH_TOKEN"}
     tokenless["HOME"] = str(tmp_path)  # no ~/.ray/auth_token either
     for args in (["status", NAME], ["logs", NAME], ["stop", NAME]):
-        out = sweep_cli(lab, *args, "--address", lab.dashboard_url, cwd=tmp_path, env=tokenless)
+        out = lab_cli(lab, *args, "--address", lab.dashboard_url, cwd=tmp_path, env=tokenless)
         assert out.returncode == 2, out.stdout + out.stderr
         assert "refused the request" in out.stderr and "RAY_AUTH_TOKEN" in out.stderr
     wrong = tokenless | {"RAY_AUTH_TOKEN": "0" * 32}
-    out = sweep_cli(lab, "status", NAME, "--address", lab.dashboard_url, cwd=tmp_path, env=wrong)
+    out = lab_cli(lab, "status", NAME, "--address", lab.dashboard_url, cwd=tmp_path, env=wrong)
     assert out.returncode == 2 and "refused the request" in out.stderr
     token_file = tmp_path / "token"
     token_file.write_text(lab.token)
     with_path = tokenless | {"RAY_AUTH_TOKEN_PATH": str(token_file)}
     for command in ("status", "logs", "stop"):  # authenticated: the cluster answers
-        out = sweep_cli(
+        out = lab_cli(
             lab, command, "none", "--address", lab.dashboard_url, cwd=tmp_path, env=with_path
         )
         assert out.returncode == 2 and "no job of sweep 'none'" in out.stderr, out.stderr
@@ -382,7 +370,7 @@ def test_one_driver_per_sweep_on_s3(cluster, tmp_path, monkeypatch):
     path.write_text(yaml.safe_dump(spec))
     store = SweepStore.open(spec["storage"], "locked", endpoint=lab.s3_url)
     with acquire(store):  # this process is the first driver
-        out = sweep_cli(lab, "run", str(path), cwd=tmp_path)
+        out = lab_cli(lab, "run", str(path), cwd=tmp_path)
     assert out.returncode == 2, out.stdout + out.stderr
     assert "already being run by" in out.stderr and str(os.getpid()) in out.stderr
     assert s3_text(lab, "locks/locked/ledger.json") is None  # the second driver wrote nothing

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from models import build_model, count_parameters, count_quantized_parameters, list_archs
-from models.layers import NVFP4_BLOCK, gemm_layers, quantized_layers
+from models.layers import gemm_layers, quantized_layers
+from quant.nvfp4 import BLOCK
 
 PAPER_PARAMS = {
     ("cnn", "500k"): 530_753,
@@ -85,7 +86,7 @@ def test_quantized_layers_tile_into_nvfp4_blocks(arch, scale):
             dims = (layer.in_features, layer.out_features)
         else:
             dims = (layer.in_channels, layer.out_channels)
-        assert all(d % NVFP4_BLOCK == 0 for d in dims), (name, dims)
+        assert all(d % BLOCK == 0 for d in dims), (name, dims)
 
 
 @pytest.mark.parametrize(("arch", "scale"), ALL_ENTRIES)

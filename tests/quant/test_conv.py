@@ -24,7 +24,7 @@ CONV_CASES = {
     "k1s2": (2, 16, 16, 6, 6, 1, 2, 0, 1, 0),  # odd rows/cols never read
     "dilated": (1, 16, 16, 9, 9, 3, 1, 2, 2, 0),
     "patch": (2, 16, 32, 8, 8, 4, 4, 0, 1, 0),  # ViT-style patch embedding
-    # Wo a multiple of 16: kernel taps share token blocks (quant.gemm.Slab)
+    # Wo a multiple of 16: kernel taps share token blocks (quant.conv._Slab)
     "k4s2p1_wide": (1, 16, 16, 32, 32, 4, 2, 1, 1, 0),
     "k3s1p1_wide": (1, 16, 16, 16, 16, 3, 1, 1, 1, 0),
     "k3s2p1_wide": (1, 16, 16, 31, 32, 3, 2, 1, 1, 0),  # classes of unequal size
@@ -173,13 +173,13 @@ def test_conv_errors_name_the_layer_dimension():
 @pytest.mark.parametrize("recipe", ["nvfp4", "2d_rht"])
 def test_small_tap_batches_give_the_same_gradients(monkeypatch, recipe):
     """One slab per quantizer call (and, with the RHT, a second rotation pass) changes nothing."""
-    from quant import gemm
+    from quant import conv
 
     b, cin, cout, h, wd, k, s, p, d, _ = CONV_CASES["k4s2p1_wide"]
     x, w = _inputs(b, cin, cout, h, wd, k, (cout, cin, k, k))
-    assert len(gemm.tap_slabs((k, k), gemm.ConvGeometry((s, s), (p, p), (d, d)), (16, 16))) == 8
+    assert len(conv._tap_slabs((k, k), conv.ConvGeometry((s, s), (p, p), (d, d)), (16, 16))) == 8
     fn = lambda x, w: qf.conv2d(x, w, None, s, p, d, recipe=recipe)  # noqa: E731
     batched = _grads(fn, x, w)
-    monkeypatch.setattr(gemm, "TAP_BATCH_ELEMENTS", 1)
+    monkeypatch.setattr(conv, "_TAP_BATCH_ELEMENTS", 1)
     for actual, expected in zip(_grads(fn, x, w), batched, strict=True):
         close(actual, expected, rtol=1e-6)

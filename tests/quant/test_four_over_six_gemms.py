@@ -3,36 +3,27 @@ taking TE's own columnwise copy of a 16x16 4over6 weight, convolutions refusing 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 from quant import functional as qf
 from quant import nvfp4
-from quant.recipes import Q2_4O6, Operand, Q, Recipe
+from quant.recipes import Q2_4O6, SLOTS, Operand, Q, Recipe, get_recipe
 
 RS = Operand("quantize", row_scaled=True)
-ALL_ROW_SCALED = Recipe(
-    "rs_all",
-    None,
-    "row-scaled everywhere",
-    fprop_input=RS,
-    fprop_weight=RS,
-    dgrad_grad_output=RS,
-    dgrad_weight=RS,
-    wgrad_grad_output=RS,
-    wgrad_input=RS,
-)
-FOUR_OVER_SIX_2D = Recipe(
-    "w4o6_2d",
-    None,
-    "2D 4over6 weights",
-    fprop_input=Q,
+SLOT_NAMES = [f"{gemm}_{role}" for gemm, role in SLOTS]
+# Every slot row-scaled; and nvfp4 (every slot Q) with 16x16 4over6 tiles in the weight slots.
+ALL_ROW_SCALED = Recipe("rs_all", None, "row-scaled everywhere", **dict.fromkeys(SLOT_NAMES, RS))
+FOUR_OVER_SIX_2D = replace(
+    get_recipe("nvfp4"),
+    name="w4o6_2d",
+    paper_id=None,
+    display_name="2D 4over6 weights",
     fprop_weight=Q2_4O6,
-    dgrad_grad_output=Q,
     dgrad_weight=Q2_4O6,
-    wgrad_grad_output=Q,
-    wgrad_input=Q,
 )
 
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import quant
-from quant.modules import QConv2d, QConvTranspose2d, QLinear, quantized_layers
+from quant.modules import QConv2d, QConvTranspose2d, QLinear, converted_layers
 from quant.recipes import list_recipes
 
 
@@ -67,7 +67,7 @@ def test_contract_every_recipe_every_layer_kind(recipe, kind, dtype):
 
     assert all(a is b for a, b in zip(model.parameters(), params, strict=True))
     assert list(model.state_dict()) == keys
-    assert len(quantized_layers(model)) == 2
+    assert len(converted_layers(model)) == 2
     y = model(x.to(dtype))
     assert y.shape == reference(x.to(dtype)).shape and y.dtype == dtype
     y.float().square().mean().backward()
@@ -77,20 +77,14 @@ def test_contract_every_recipe_every_layer_kind(recipe, kind, dtype):
 
 
 @pytest.mark.parametrize("recipe", list_recipes())
-def test_a_tiny_model_trains_under_every_recipe(recipe):
+def test_a_tiny_model_trains_under_every_recipe(recipe, train_losses):
     torch.manual_seed(0)
     model = ConvNet()
     quant.prepare(model, recipe, generator=generator())
     x = torch.randn(4, 3, 16, 16)
     target = (x.mean(1, keepdim=True) > 0).float()
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(15):
-        optimizer.zero_grad()
-        loss = nn.functional.binary_cross_entropy_with_logits(model(x), target)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    bce = nn.functional.binary_cross_entropy_with_logits
+    losses = train_losses(model, x, target, bce, lr=3e-3, steps=15)
     assert losses[-1] < 0.85 * losses[0], losses
 
 
@@ -109,6 +103,19 @@ def test_declared_and_skipped_layers_stay_full_precision():
         quant.prepare(ConvNet(), "nvfp4", skip=["uup"])
 
 
+def test_a_torchao_filter_fn_passed_as_skip_is_refused():
+    """torchao's filter_fn(module, fqn) returns True to quantize; skip(name, module) to skip."""
+
+    def filter_fn(module, fqn):
+        return isinstance(module, nn.Conv2d)
+
+    for wrong in (filter_fn, lambda mod, name: False):
+        with pytest.raises(TypeError, match=r"not filter_fn\(module, name\)"):
+            quant.prepare(ConvNet(), "nvfp4", skip=wrong)
+    adapted = quant.prepare(ConvNet(), "nvfp4", skip=lambda name, m: not filter_fn(m, name))
+    assert quant.is_quantized(adapted.down) and not quant.is_quantized(adapted.up)
+
+
 def test_unquantizable_layers_raise_naming_the_layer():
     model = nn.Sequential(nn.Linear(32, 64), nn.Linear(64, 10))
     with pytest.raises(ValueError, match=r"layer '1' \(Linear\): out_features = 10"):
@@ -122,9 +129,9 @@ def test_prepare_is_idempotent_and_switches_recipes():
     model, x = make("linear")
     quant.prepare(model, "nvfp4")
     first = model(x)
-    layers = quantized_layers(model)
+    layers = converted_layers(model)
     quant.prepare(model, "nvfp4")
-    assert quantized_layers(model) == layers and torch.equal(model(x), first)
+    assert converted_layers(model) == layers and torch.equal(model(x), first)
     quant.prepare(model, "baseline")
     assert all(m.recipe.name == "baseline" for m in layers.values())
     reference = quant.unprepare(copy.deepcopy(model))

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 import quant
+from quant import recipes
 from quant.recipes import (
-    BUILTIN_RECIPES,
     FWD,
     HP,
     PAPER_RECIPES,
@@ -23,7 +23,6 @@ from quant.recipes import (
     get_recipe,
     list_recipes,
     register_recipe,
-    unregister_recipe,
 )
 from sweep.cli import main as sweep_main
 
@@ -52,24 +51,17 @@ BUILTINS = {
 
 
 @pytest.fixture
-def ninth():
-    """A recipe registered for one test, removed afterwards."""
-    added = []
-
-    def add(recipe: Recipe) -> Recipe:
-        added.append(register_recipe(recipe).name)
-        return recipe
-
-    yield add
-    for name in added:
-        unregister_recipe(name)
+def ninth(monkeypatch):
+    """Registers a recipe for one test: the registry is put back as it was afterwards."""
+    monkeypatch.setattr(recipes, "_REGISTRY", dict(recipes._REGISTRY))
+    return register_recipe
 
 
 def test_registry_lists_the_paper_recipes_in_paper_order():
     assert list_recipes() == list(BUILTINS)
-    assert tuple(TABLE) == PAPER_RECIPES == BUILTIN_RECIPES[:8]
+    assert tuple(TABLE) == PAPER_RECIPES == tuple(list_recipes()[:8])
     assert [get_recipe(n).paper_id for n in PAPER_RECIPES] == list(range(8))
-    assert all(get_recipe(n).paper_id is None for n in BUILTIN_RECIPES[8:])
+    assert all(get_recipe(n).paper_id is None for n in list_recipes()[8:])
     assert len({get_recipe(n).display_name for n in list_recipes()}) == len(BUILTINS)
     assert get_recipe("nvfp4").display_name == "NVFP4 Full"
 
@@ -146,7 +138,7 @@ def test_register_rejects_duplicates(ninth):
         register_recipe(Recipe("other", 1, "Other"))
 
 
-def test_a_ninth_recipe_from_data_trains(ninth):
+def test_a_ninth_recipe_from_data_trains(ninth, train_losses):
     """A new recipe is data only: 2D weights, SR on dY everywhere, chain-rule WGRAD input."""
     data = {
         "name": "sr_2d_chain",
@@ -167,14 +159,7 @@ def test_a_ninth_recipe_from_data_trains(ninth):
     model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 16))
     quant.prepare(model, "sr_2d_chain", generator=torch.Generator().manual_seed(0))
     x, target = torch.randn(64, 32), torch.randn(64, 16)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(30):
-        optimizer.zero_grad()
-        loss = nn.functional.mse_loss(model(x), target)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_losses(model, x, target, nn.functional.mse_loss, lr=1e-2, steps=30)
     assert losses[-1] < 0.8 * losses[0]
 
 

@@ -144,16 +144,8 @@ def test_mapping_reads_the_data_not_the_name():
     """An added recipe equal to a TE configuration maps; a mixed one is refused."""
     same_as_2d_rht = replace(get_recipe("2d_rht"), name="te_like", paper_id=None)
     assert te.te_recipe_kwargs(same_as_2d_rht) == EXPECTED["2d_rht"]
-    rht_without_2d = Recipe(
-        "rht_1d",
-        None,
-        "RHT, 1x16 weights",
-        fprop_input=Q,
-        fprop_weight=Q,
-        dgrad_grad_output=Q,
-        dgrad_weight=Q,
-        wgrad_grad_output=QH,
-        wgrad_input=QH,
+    rht_without_2d = replace(
+        get_recipe("nvfp4"), name="rht_1d", paper_id=None, wgrad_grad_output=QH, wgrad_input=QH
     )
     assert te.te_recipe_kwargs(rht_without_2d) == {
         **TE_DEFAULTS,
@@ -228,11 +220,6 @@ def test_te_prepare_refuses_convolutions_before_importing_te():
         te.te_prepare(nn.Linear(16, 16), "fwd_only")
 
 
-def test_te_available_is_false_without_cuda_or_te():
-    if not torch.cuda.is_available():
-        assert te.te_available() is False
-
-
 def test_a_missing_te_says_how_to_get_it():
     try:
         import transformer_engine.pytorch  # noqa: F401
@@ -246,7 +233,7 @@ def test_a_missing_te_says_how_to_get_it():
 @pytest.mark.gpu
 def test_te_linear_swap_shares_parameters_and_runs():
     pytest.importorskip("transformer_engine.pytorch")
-    if not te.te_available():
+    if not _te_runs():
         pytest.skip("transformer_engine is installed but cannot run here")
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 128), nn.GELU(), nn.Linear(128, 64)).cuda()
@@ -274,3 +261,14 @@ def test_te_model_refuses_convolutions_before_importing_te():
     model = nn.Sequential(nn.Conv2d(16, 16, 3), nn.Flatten(), nn.Linear(16, 16))
     with pytest.raises(NotImplementedError, match="no NVFP4 convolution"):
         te.te_model(model, "nvfp4_4o6")
+
+
+def _te_runs() -> bool:
+    """True when transformer_engine.pytorch imports and a CUDA device is present."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import transformer_engine.pytorch  # noqa: F401
+    except Exception:  # TE raises assorted errors when its CUDA libraries are missing
+        return False
+    return True

@@ -23,6 +23,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sweep.plan import plan_row
+from trainables.vocabulary import trial_key
+
 COMPLETE, INCOMPLETE = "analysis-complete", "analysis-incomplete"
 RECIPES = {"baseline": 0, "nvfp4": 1, "2d_rht_sr": 5}
 EFFECT = {"baseline": 0.0, "nvfp4": -0.03, "2d_rht_sr": 0.01}
@@ -37,10 +40,6 @@ class Store:
     expected: dict[str, dict[str, float]]  # sweep name -> trial_key -> logged test_auprc
     complete: str = COMPLETE
     incomplete: str = INCOMPLETE
-
-
-def trial_key(arch, scale, recipe, seed, fold="holdout") -> str:
-    return f"{arch}-{scale}-{recipe}-s{seed}-{fold}"
 
 
 def smooth_histogram(rng) -> dict:
@@ -144,31 +143,20 @@ def _complete(client, root: Path, expected: dict) -> str:
                             value = round(
                                 LEVEL[arch, scale] + EFFECT[recipe] + rng.normal(0, 0.02), 4
                             )
+                            axes = {"arch": arch, "scale": scale, "recipe": recipe}
+                            axes |= {"seed": seed, "fold": fold}
                             key = log_trial(
                                 client,
                                 exp_id,
                                 name,
                                 parent,
-                                arch=arch,
-                                scale=scale,
-                                recipe=recipe,
-                                seed=seed,
-                                fold=fold,
+                                **axes,
                                 test_auprc=value,
                                 histogram=smooth_histogram(rng),
                                 extra_metrics={"test_distinct_pred_values": 9000},
                             )
                             expected[key] = value
-                            plan.append(
-                                {
-                                    "trial_key": key,
-                                    "arch": arch,
-                                    "scale": scale,
-                                    "recipe": recipe,
-                                    "seed": seed,
-                                    "fold": fold,
-                                }
-                            )
+                            plan.append(plan_row(**axes))
     client.log_dict(parent, plan, "plan.json")
     client.set_terminated(parent)
     return parent
@@ -179,14 +167,7 @@ def _incomplete(client, root: Path, expected: dict) -> str:
     exp_id, parent = _new_sweep(client, root, name)
     rng = np.random.default_rng(1)
     plan = [
-        {
-            "trial_key": trial_key("cnn", s, r, seed),
-            "arch": "cnn",
-            "scale": s,
-            "recipe": r,
-            "seed": seed,
-            "fold": "holdout",
-        }
+        plan_row(arch="cnn", scale=s, recipe=r, seed=seed, fold="holdout")
         for s in ("500k", "4m")
         for r in RECIPES
         for seed in (2026, 2027, 2028)
@@ -227,6 +208,34 @@ def _incomplete(client, root: Path, expected: dict) -> str:
     client.create_run(exp_id, run_name="stray", tags={"sweep": name})  # not a trial
     client.log_dict(parent, plan, "plan.json")
     return parent
+
+
+@pytest.fixture()
+def stored_sweep(tmp_path):
+    """make(name): a two-trial sweep (cnn tiny baseline, seeds 1 and 2) whose spec is saved in its
+    storage under tmp_path/sweeps, as `sweep run` leaves it; returns (spec, store)."""
+    from sweep.runner import open_store
+    from sweep.spec import parse_spec, spec_to_yaml
+
+    def make(name: str):
+        spec = parse_spec(
+            {
+                "name": name,
+                "data": {"synthetic": {"patients": 6, "size": 32}, "image_size": 32},
+                "grid": {
+                    "arch": ["cnn"],
+                    "scale": ["tiny"],
+                    "recipe": ["baseline"],
+                    "seed": [1, 2],
+                },
+                "storage": str(tmp_path / "sweeps"),
+            }
+        )
+        store = open_store(spec)
+        store.write_text(spec_to_yaml(spec), store.SPEC_FILE)
+        return spec, store
+
+    return make
 
 
 @pytest.fixture(scope="session")

@@ -22,17 +22,17 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import psutil
 import pytest
-import yaml
+
+from tests.support.hooks import slow_epochs
+from tests.support.sweeps import start_sweep, sweep_cli, sweep_env, tiny_spec, write_spec
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-SWEEP = [sys.executable, "-m", "sweep"]
 KEYS = ["cnn-tiny-baseline-s1-holdout", "cnn-tiny-nvfp4-s1-holdout"]
 PER_EPOCH = ("train_loss", "val_loss", "val_auprc")
 EPOCHS = 5
@@ -50,50 +50,32 @@ CPUS = _node_cpus()
 
 
 def _spec(root: Path, name: str, *, recipes=("baseline", "nvfp4"), delay=0.0, **resources):
-    protocol = {"epochs": EPOCHS, "batch_size": 8, "early_stop_warmup": EPOCHS}
+    protocol = {"epochs": EPOCHS, "early_stop_warmup": EPOCHS}
     if delay:
-        protocol["test_hooks"] = {"epoch_delay_s": delay}  # not hashed: same results
-    spec = {
-        "name": name,
-        "data": {
-            "synthetic": {"patients": 6, "size": 32, "seed": 0, "slices_per_patient": 6},
-            "image_size": 32,
-        },
-        "grid": {"arch": ["cnn"], "scale": ["tiny"], "recipe": list(recipes), "seed": [1]},
-        "protocol": protocol,
-        "resources": {"cpus_per_trial": CPUS, "max_concurrent": 2} | resources,
-        "storage": str(root / "storage"),
-        "tracking_uri": f"sqlite:///{root / 'mlflow.db'}",
-        "failure": {"max_retries": 1},
-    }
-    path = root / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
+        protocol["callbacks"] = [slow_epochs(delay)]  # not hashed: same results
+    spec = tiny_spec(
+        name,
+        root,
+        grid={"recipe": list(recipes)},
+        protocol=protocol,
+        resources={"cpus_per_trial": CPUS, "max_concurrent": 2, **resources},
+    )
+    return write_spec(root, spec)
 
 
 def _env(root: Path) -> dict:
-    env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", PYTHONUNBUFFERED="1")
-    env.update(SWEEP_STORAGE=str(root / "storage"), SWEEP_DATA_CACHE=str(root.parent / "cache"))
-    env.pop("RAY_AUTH_MODE", None)  # the product's default: Ray's token auth on
+    env = sweep_env(root, cache=root.parent / "cache")
+    env.pop("RAY_AUTH_MODE")  # the product's default: Ray's token auth on
     return env
 
 
 def _sweep(root: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*SWEEP, *args], env=_env(root), capture_output=True, text=True, timeout=timeout, cwd=root
-    )
+    return sweep_cli(*args, env=_env(root), cwd=root, timeout=timeout)
 
 
 def _start(root: Path, spec: Path) -> subprocess.Popen:
-    # Its own session: the test signals the driver's process group as a terminal would.
-    return subprocess.Popen(
-        [*SWEEP, "run", str(spec)],
-        env=_env(root),
-        cwd=root,
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    return start_sweep(
+        spec, _env(root), root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
 
 
@@ -128,15 +110,16 @@ def _reported_epochs(root: Path, name: str, key: str) -> list[int]:
     return [int(e) for e in epochs]
 
 
-def _wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None):
-    deadline = time.monotonic() + timeout
+def _wait_for_epochs(root: Path, name: str, count: int, driver: subprocess.Popen) -> None:
+    """Until the first trial has reported `count` epochs; fails when the driver exits first."""
+    deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
-        if predicate():
+        if len(_reported_epochs(root, name, KEYS[0])) >= count:
             return
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"driver exited ({proc.returncode}) before {what}")
+        if driver.poll() is not None:
+            raise AssertionError(f"driver exited ({driver.returncode}) before epoch {count}")
         time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out waiting for epoch {count} of {KEYS[0]}")
 
 
 def _tree(pid: int) -> list[psutil.Process]:
@@ -194,17 +177,12 @@ def test_stop_signal_keeps_every_finished_epoch_and_resume_matches_reference(
 ):
     history = reference
     name = f"stopped-{signum.name.lower()}"
-    # Each epoch sleeps 2 s between training and evaluation: the signal lands mid-epoch.
+    # Each epoch sleeps 2 s before it trains (a test callback): the signal lands mid-trial.
     spec = _spec(tmp_path, name, recipes=("baseline",), delay=2.0)
     driver = _start(tmp_path, spec)
     procs = []
     try:
-        _wait_for(
-            lambda: len(_reported_epochs(tmp_path, name, KEYS[0])) >= 2,
-            timeout=240,
-            what="two epochs of the first trial",
-            proc=driver,
-        )
+        _wait_for_epochs(tmp_path, name, 2, driver)
         procs = _tree(driver.pid)
         if signum == signal.SIGINT:
             _check_listeners(procs)
@@ -256,12 +234,7 @@ def test_second_driver_is_refused_and_sigkill_of_the_first_leaves_no_ray_process
     spec = _spec(tmp_path, name, delay=5.0, pending_warning_s=1)
     driver = _start(tmp_path, spec)
     try:
-        _wait_for(
-            lambda: len(_reported_epochs(tmp_path, name, KEYS[0])) >= 1,
-            timeout=240,
-            what="the first epoch",
-            proc=driver,
-        )
+        _wait_for_epochs(tmp_path, name, 1, driver)
         procs = _tree(driver.pid)
         assert {"gcs_server", "raylet"} <= {p.name() for p in procs}
 

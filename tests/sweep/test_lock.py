@@ -15,7 +15,7 @@ import time
 import pyarrow.fs as pafs
 import pytest
 
-from sweep.lock import LOCK_FILE, LockHeld, LockRecord, acquire, holder, read_record
+from sweep.lock import LockHeld, LockRecord, acquire, holder, read_record
 from sweep.storage import SweepStore
 
 HOLD = """
@@ -62,7 +62,7 @@ def test_a_second_driver_is_refused_naming_the_first_and_takes_over_once_it_is_k
     assert read_record(store).pid == proc.pid and holder(store) is None
     with acquire(store) as lock:
         assert holder(store) == lock.record and lock.record.pid == os.getpid()
-    assert not (tmp_path / "s" / LOCK_FILE).exists()  # released: the file is gone
+    assert not (tmp_path / "s" / SweepStore.LOCK_FILE).exists()  # released: the file is gone
 
 
 def _race(takers: int, take_lock) -> list:
@@ -105,7 +105,7 @@ def _stale(host: str, pid: int, heartbeat_age: float) -> str:
 def test_object_store_lock_refuses_a_live_holder_and_takes_over_a_stale_one(tmp_path):
     store = _object_store(tmp_path)
     (tmp_path / "s").mkdir()
-    lock_path = tmp_path / "s" / LOCK_FILE
+    lock_path = tmp_path / "s" / SweepStore.LOCK_FILE
     lock_path.write_text(_stale("other-host", 1, heartbeat_age=5))  # fresh heartbeat elsewhere
     with pytest.raises(LockHeld, match="PID 1 on host other-host"):
         acquire(store, settle=0.01)
@@ -129,7 +129,7 @@ def test_object_store_lock_taken_over_at_once_from_a_dead_pid_on_this_host(tmp_p
     dead.wait()
     store = _object_store(tmp_path)
     (tmp_path / "s").mkdir()
-    (tmp_path / "s" / LOCK_FILE).write_text(_stale(socket.gethostname(), dead.pid, 0))
+    (tmp_path / "s" / SweepStore.LOCK_FILE).write_text(_stale(socket.gethostname(), dead.pid, 0))
     with acquire(store, settle=0.01) as lock:
         assert holder(store) == lock.record
     assert holder(store) is None and read_record(store) is None

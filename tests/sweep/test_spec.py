@@ -93,6 +93,30 @@ def test_bad_specs_name_the_field(raw, expected):
     assert expected in str(err.value)
 
 
+def test_spec_and_trial_config_share_the_vocabulary():
+    """The spec's choices and bounds are the trial config's (trainables.config)."""
+    from trainables.vocabulary import ARCHS, MAX_FOLDS, folds, scales
+
+    kfold = {"data__split": "kfold", "data__n_folds": MAX_FOLDS}
+    spec = parse_spec(_with(grid__arch=list(ARCHS), grid__fold=list(folds()[1:]), **kfold))
+    plan = expand(spec)
+    assert {t.config.n_folds for t in plan.trials} == {MAX_FOLDS}
+    assert {t.config.fold for t in plan.trials} == set(folds()[1:])
+    with pytest.raises(SpecError, match="data.n_folds: Input should be less than or equal to 10"):
+        parse_spec(_with(data__split="kfold", data__n_folds=MAX_FOLDS + 1))
+    with pytest.raises(SpecError, match="valid choices: " + ", ".join(scales())):
+        parse_spec(_with(grid__scale=["1b"]))
+
+
+def test_save_weights_is_the_yaml_name_of_log_weights():
+    spec = parse_spec(_with(save_weights=True))
+    assert spec.log_weights
+    assert yaml.safe_load(spec_to_yaml(spec))["save_weights"] is True
+    assert parse_spec(yaml.safe_load(spec_to_yaml(spec))) == spec
+    with pytest.raises(SpecError, match="log_weights: unknown key"):
+        parse_spec(_with(log_weights=True))
+
+
 def test_missing_spec_file_and_bad_yaml(tmp_path):
     with pytest.raises(SpecError, match="no such spec file"):
         load_spec(tmp_path / "nope.yaml")

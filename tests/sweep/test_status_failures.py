@@ -7,23 +7,12 @@ import json
 from sweep.cli import main
 from sweep.ledger import FAILED, FINISHED, Ledger
 from sweep.plan import expand
-from sweep.runner import open_store
-from sweep.spec import parse_spec, spec_to_yaml
 
 REASON = "NonFiniteLoss: cnn-tiny-baseline-s2-holdout: training loss nan at epoch 3, step 1"
 
 
-def test_status_names_the_reason_of_each_failure(tmp_path, capsys):
-    spec = parse_spec(
-        {
-            "name": "reasons",
-            "data": {"synthetic": {"patients": 6, "size": 32}, "image_size": 32},
-            "grid": {"arch": ["cnn"], "scale": ["tiny"], "recipe": ["baseline"], "seed": [1, 2]},
-            "storage": str(tmp_path / "sweeps"),
-        }
-    )
-    store = open_store(spec)
-    store.write_text(spec_to_yaml(spec), "spec.yaml")
+def test_status_names_the_reason_of_each_failure(tmp_path, capsys, stored_sweep):
+    spec, store = stored_sweep("reasons")
     ok, bad = (t.config for t in expand(spec).trials)
     ledger = Ledger(store, {})
     ledger.record(ok.trial_key, ok.config_hash, ok.to_dict(), FINISHED, metrics={"epoch": 3})

@@ -10,27 +10,16 @@ from __future__ import annotations
 
 import pytest
 
-from sweep.ledger import FINISHED, ConfigConflict, Ledger, changed_settings
+from sweep.ledger import FINISHED, ConfigConflict, Ledger
 from sweep.plan import expand
-from sweep.runner import open_store
-from sweep.spec import parse_spec, spec_to_yaml
 from sweep.status import format_status, sweep_status
 
 OLD_CODE = "0.0.9+gdeadbeef0000"
 
 
 @pytest.fixture()
-def finished_sweep(tmp_path):
-    spec = parse_spec(
-        {
-            "name": "ended",
-            "data": {"synthetic": {"patients": 6, "size": 32}, "image_size": 32},
-            "grid": {"arch": ["cnn"], "scale": ["tiny"], "recipe": ["baseline"], "seed": [1, 2]},
-            "storage": str(tmp_path / "sweeps"),
-        }
-    )
-    store = open_store(spec)
-    store.write_text(spec_to_yaml(spec), "spec.yaml")
+def finished_sweep(stored_sweep):
+    spec, store = stored_sweep("ended")
     trials = expand(spec).trials
     ledger = Ledger(store, {})
     # seed 1 ended under an older code version, seed 2 under today's
@@ -64,10 +53,3 @@ def test_run_refuses_to_mix_code_versions_and_says_how_to_continue(finished_swee
     assert trials[1].key not in message
     assert OLD_CODE in message and trials[0].config.code_version in message
     assert "Check out that commit" in message
-
-
-def test_changed_settings_ignores_fields_outside_the_hash(finished_sweep):
-    _, trials = finished_sweep
-    config = trials[0].config
-    moved = config.replace(num_workers=4, cache_dir="/elsewhere", epochs=config.epochs + 1)
-    assert changed_settings(config.to_dict(), moved.to_dict()) == ["epochs"]

@@ -23,62 +23,15 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import yaml
+
+from tests.support.hooks import slow_epochs
+from tests.support.sweeps import start_sweep, sweep_cli, sweep_env, tiny_spec, write_spec
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-SWEEP = [sys.executable, "-m", "sweep"]
-
-
-def _spec(tmp_path: Path, name: str, **overrides) -> dict:
-    spec = {
-        "name": name,
-        "data": {
-            "synthetic": {"patients": 6, "size": 32, "seed": 0, "slices_per_patient": 6},
-            "image_size": 32,
-        },
-        "grid": {"arch": ["cnn"], "scale": ["tiny"], "recipe": ["baseline", "nvfp4"], "seed": [1]},
-        "protocol": {"epochs": 3, "batch_size": 8, "early_stop_warmup": 3},
-        "resources": {"cpus_per_trial": 1, "max_concurrent": 2},
-        "storage": str(tmp_path / "storage"),
-        "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
-        "failure": {"max_retries": 1},
-    }
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(spec.get(key), dict):
-            spec[key] = {**spec[key], **value}
-        else:
-            spec[key] = value
-    return spec
-
-
-def _write(tmp_path: Path, spec: dict) -> Path:
-    path = tmp_path / f"{spec['name']}.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
-
-
-def _env(tmp_path: Path) -> dict:
-    env = dict(os.environ)
-    env.update(
-        RAY_AUTH_MODE="disabled",
-        NO_ALBUMENTATIONS_UPDATE="1",
-        PYTHONUNBUFFERED="1",
-        SWEEP_STORAGE=str(tmp_path / "storage"),
-        SWEEP_DATA_CACHE=str(tmp_path / "cache"),
-    )
-    return env
-
 
 def _sweep(tmp_path: Path, *args: str, check: bool = True, timeout: float = 420):
-    out = subprocess.run(
-        [*SWEEP, *args],
-        env=_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=tmp_path,
-    )
+    out = sweep_cli(*args, env=sweep_env(tmp_path), cwd=tmp_path, timeout=timeout)
     if check and out.returncode != 0:
         raise AssertionError(
             f"sweep {' '.join(args)} -> {out.returncode}\n{out.stdout}\n{out.stderr}"
@@ -105,8 +58,8 @@ def _epoch_steps(client, run, metric: str = "train_loss") -> list[int]:
 
 
 def test_run_is_idempotent_extends_and_refuses_changed_settings(tmp_path):
-    spec = _spec(tmp_path, "idem")
-    path = _write(tmp_path, spec)
+    spec = tiny_spec("idem", tmp_path)
+    path = write_spec(tmp_path, spec)
     first = _sweep(tmp_path, "run", str(path))
     assert "2/2 trials finished" in first.stdout
     ledger = _ledger(tmp_path, "idem")
@@ -117,7 +70,7 @@ def test_run_is_idempotent_extends_and_refuses_changed_settings(tmp_path):
     assert _ledger(tmp_path, "idem") == ledger  # nothing re-ran
 
     spec["grid"]["seed"] = [1, 2]  # a new seed: only its two trials run
-    _sweep(tmp_path, "run", str(_write(tmp_path, spec)))
+    _sweep(tmp_path, "run", str(write_spec(tmp_path, spec)))
     ledger2 = _ledger(tmp_path, "idem")
     assert len(ledger2) == 4
     assert all(ledger2[k] == v for k, v in ledger.items())
@@ -133,7 +86,7 @@ def test_run_is_idempotent_extends_and_refuses_changed_settings(tmp_path):
     assert "4 finished" in status.stdout
 
     spec["protocol"]["epochs"] = 4  # changes results: refused, nothing starts
-    refused = _sweep(tmp_path, "run", str(_write(tmp_path, spec)), check=False)
+    refused = _sweep(tmp_path, "run", str(write_spec(tmp_path, spec)), check=False)
     assert refused.returncode == 2
     assert "changed epochs" in refused.stderr
     assert _ledger(tmp_path, "idem") == ledger2
@@ -158,24 +111,19 @@ def _reported_epochs(tmp_path: Path, name: str, key: str) -> list[int]:
 
 
 def test_driver_sigkill_then_resume_finishes_every_trial_exactly_once(tmp_path):
-    spec = _spec(
-        tmp_path,
+    spec = tiny_spec(
         "killed",
+        tmp_path,
         grid={"recipe": ["baseline", "2d_rht_sr"]},
-        # Each epoch lasts at least 1 s (a result-neutral test hook): on a quiet machine the tiny
-        # trial otherwise runs its six epochs between two polls and the kill lands too late.
-        protocol={"epochs": 6, "early_stop_warmup": 6, "test_hooks": {"epoch_delay_s": 1.0}},
+        # Each epoch lasts at least 1 s (a result-neutral test callback): on a quiet machine the
+        # tiny trial otherwise runs its six epochs between two polls and the kill lands too late.
+        protocol={"epochs": 6, "early_stop_warmup": 6, "callbacks": [slow_epochs(1.0)]},
         resources={"cpus_per_trial": 1, "max_concurrent": 1},
     )
-    path = _write(tmp_path, spec)
+    path = write_spec(tmp_path, spec)
     keys = ["cnn-tiny-baseline-s1-holdout", "cnn-tiny-2d_rht_sr-s1-holdout"]
-    driver = subprocess.Popen(
-        [*SWEEP, "run", str(path)],
-        env=_env(tmp_path),
-        cwd=tmp_path,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    driver = start_sweep(
+        path, sweep_env(tmp_path), tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
         # One trial finished, the other has checkpointed at least two epochs: kill everything.
@@ -243,7 +191,9 @@ def test_fractional_gpu_trials_are_packed_onto_simulated_gpu_nodes(tmp_path):
                 {"node": ctx.get_node_id(), "gpus": ctx.get_accelerator_ids().get("GPU", [])}
             )
 
-        spec = _spec(tmp_path, "packed", resources={"cpus_per_trial": 0.5, "gpus_per_trial": 0.5})
+        spec = tiny_spec(
+            "packed", tmp_path, resources={"cpus_per_trial": 0.5, "gpus_per_trial": 0.5}
+        )
         from sweep.spec import parse_spec
 
         trainable = tune_resources(parse_spec(spec), probe)
@@ -265,7 +215,7 @@ def test_fractional_gpu_trials_are_packed_onto_simulated_gpu_nodes(tmp_path):
 
 def test_submit_through_the_jobs_api_runs_the_sweep(tmp_path):
     port, dash = _free_port(), _free_port()
-    env = _env(tmp_path)
+    env = sweep_env(tmp_path)
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
     # Ray's unix sockets live under --temp-dir, whose path must stay short (the socket path limit
     # is 107 bytes), so not under pytest's long tmp_path.
@@ -299,38 +249,14 @@ def test_submit_through_the_jobs_api_runs_the_sweep(tmp_path):
     address = f"http://127.0.0.1:{dash}"
     try:
         _wait_for(lambda: _answers(address), timeout=120, what="the Ray dashboard")
-        spec = _spec(tmp_path, "submitted", grid={"recipe": ["baseline"]}, protocol={"epochs": 2})
-        out = subprocess.run(
-            [
-                *SWEEP,
-                "submit",
-                str(_write(tmp_path, spec)),
-                "--address",
-                address,
-                "--wait",
-                "--timeout",
-                "300",
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=360,
+        spec = tiny_spec(
+            "submitted", tmp_path, grid={"recipe": ["baseline"]}, protocol={"epochs": 2}
         )
-        logs = subprocess.run(
-            [*SWEEP, "logs", "submitted", "--address", address],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        submit = ["submit", str(write_spec(tmp_path, spec)), "--address", address, "--wait"]
+        out = sweep_cli(*submit, "--timeout", "300", env=env, timeout=360)
+        logs = sweep_cli("logs", "submitted", "--address", address, env=env, timeout=60)
         assert out.returncode == 0, out.stdout + out.stderr + logs.stdout
-        status = subprocess.run(
-            [*SWEEP, "status", "submitted", "--address", address],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        status = sweep_cli("status", "submitted", "--address", address, env=env, timeout=60)
         assert "SUCCEEDED" in status.stdout
         assert "1/1 trials finished" in logs.stdout
         assert _ledger(tmp_path, "submitted")["cnn-tiny-baseline-s1-holdout"]["state"] == "FINISHED"
@@ -355,9 +281,9 @@ def _answers(url: str) -> bool:
 
 
 def test_optuna_search_runs_its_budget_as_separate_tracked_trials(tmp_path):
-    spec = _spec(
-        tmp_path,
+    spec = tiny_spec(
         "tuned",
+        tmp_path,
         grid={"recipe": ["baseline"]},
         protocol={"epochs": 2},
         search={
@@ -368,7 +294,7 @@ def test_optuna_search_runs_its_budget_as_separate_tracked_trials(tmp_path):
             "space": {"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}},
         },
     )
-    _sweep(tmp_path, "run", str(_write(tmp_path, spec)))
+    _sweep(tmp_path, "run", str(write_spec(tmp_path, spec)))
     entry = _ledger(tmp_path, "tuned")["cnn-tiny-baseline-s1-holdout"]
     assert entry["state"] == "FINISHED" and 1e-4 <= entry["metrics"]["best_lr"] <= 1e-2
 

@@ -21,7 +21,8 @@ import time
 
 import pytest
 
-from tests.sweep.test_sweep_e2e import SWEEP, _env, _ledger, _reported_epochs, _spec, _write
+from tests.support.sweeps import start_sweep, sweep_env, tiny_spec, write_spec
+from tests.sweep.test_sweep_e2e import _ledger, _reported_epochs
 from tests.trainables.test_tracking_server import MlflowServer
 from trainables.loop import TIMING_KEYS
 
@@ -32,9 +33,9 @@ KEYS = ["cnn-tiny-baseline-s1-holdout", "cnn-tiny-nvfp4-s1-holdout"]
 
 
 def outage_spec(tmp_path, name: str, server: MlflowServer) -> dict:
-    return _spec(
-        tmp_path,
+    return tiny_spec(
         name,
+        tmp_path,
         # Epochs long enough (a few seconds) for the server to stop while the trials train.
         data={
             "synthetic": {"patients": 8, "size": 64, "seed": 0, "slices_per_patient": 8},
@@ -75,7 +76,7 @@ def train_without_outage(tmp_path, spec: dict, server: MlflowServer) -> dict:
     """The spec's trials trained here, one by one, tracked in experiment "steady"."""
     from sweep.plan import expand
     from sweep.spec import parse_spec
-    from trainables.loop import run_tracked
+    from trainables.tracked_run import run_tracked
 
     for trial in expand(parse_spec(spec)).trials:
         tracking = {"tracking_uri": server.url, "experiment": "steady"}
@@ -102,15 +103,14 @@ def test_outage_across_the_trials_end_is_delivered_exactly_once(tmp_path, monkey
     try:
         reference = train_without_outage(tmp_path, outage_spec(tmp_path, "steady", server), server)
 
-        path = _write(tmp_path, outage_spec(tmp_path, "outage", server))
-        driver = subprocess.Popen(
-            [*SWEEP, "run", str(path)],
-            env=_env(tmp_path),
-            cwd=tmp_path,
+        path = write_spec(tmp_path, outage_spec(tmp_path, "outage", server))
+        driver = start_sweep(
+            path,
+            sweep_env(tmp_path),
+            tmp_path,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            start_new_session=True,
         )
         try:
             deadline = time.monotonic() + 300

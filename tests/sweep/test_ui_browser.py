@@ -25,7 +25,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from html import unescape
@@ -33,11 +32,11 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-import yaml
+
+from tests.support.sweeps import SWEEP, sweep_cli, sweep_env, tiny_spec, write_spec
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.slow]
 
-SWEEP = [sys.executable, "-m", "sweep"]
 NAME = "ui-browse"
 CHROMIUMS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 SCREENS_ENV = "SWEEP_UI_SCREENSHOTS"  # also copy the screenshots there (for a human to look at)
@@ -127,35 +126,15 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _env(tmp: Path) -> dict:
-    return dict(
-        os.environ,
-        RAY_AUTH_MODE="disabled",
-        NO_ALBUMENTATIONS_UPDATE="1",
-        PYTHONUNBUFFERED="1",
-        SWEEP_STORAGE=str(tmp / "storage"),
-        SWEEP_DATA_CACHE=str(tmp / "cache"),
-    )
-
-
 def _spec(tmp: Path) -> Path:
-    spec = {
-        "name": NAME,
-        "data": {
-            "synthetic": {"patients": 6, "size": 32, "seed": 0, "slices_per_patient": 6},
-            "image_size": 32,
-        },
-        "grid": {"arch": ["cnn"], "scale": ["tiny"], "recipe": ["baseline", "nvfp4"], "seed": [1]},
-        "protocol": {"epochs": 2, "batch_size": 8, "early_stop_warmup": 2},
-        "resources": {"cpus_per_trial": 1, "max_concurrent": 2},
-        "storage": str(tmp / "storage"),
-        "tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
-        "failure": {"max_retries": 0},
-        "analyze": True,
-    }
-    path = tmp / f"{NAME}.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
+    spec = tiny_spec(
+        NAME,
+        tmp,
+        protocol={"epochs": 2, "early_stop_warmup": 2},
+        failure={"max_retries": 0},
+        analyze=True,
+    )
+    return write_spec(tmp, spec)
 
 
 @pytest.fixture(scope="module")
@@ -174,21 +153,14 @@ def served(chromium, tmp_path_factory):
     """The finished tiny sweep, `sweep ui SPEC` serving it, and what it printed."""
     tmp = tmp_path_factory.mktemp("ui_browser")
     spec = _spec(tmp)
-    run = subprocess.run(
-        [*SWEEP, "run", str(spec)],
-        env=_env(tmp),
-        cwd=tmp,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    run = sweep_cli("run", str(spec), env=sweep_env(tmp), cwd=tmp, timeout=600)
     assert run.returncode == 0, f"sweep run -> {run.returncode}\n{run.stdout}\n{run.stderr}"
     port = _free_port()
     log = tmp / "ui.log"
     with open(log, "w") as out:
         ui = subprocess.Popen(
             [*SWEEP, "ui", str(spec), "--port", str(port)],
-            env=_env(tmp),
+            env=sweep_env(tmp),
             cwd=tmp,
             stdout=out,
             stderr=subprocess.STDOUT,

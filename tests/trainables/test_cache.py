@@ -16,23 +16,22 @@ import pytest
 import tifffile
 import torch
 
+from tests.support.datasets import fresh_copy, written
 from trainables import cache, lgg
 from trainables.datasets import build_datasets
-from trainables.synth import write_synthetic
 
 SIZE = 32
 
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("cache-data") / "kaggle_3m"
-    write_synthetic(root, patients=4, size=48, seed=1, slices_per_patient=4)
-    return root
+    folder = tmp_path_factory.mktemp("cache-data")
+    return written(folder, patients=4, size=48, seed=1, slices_per_patient=4)
 
 
 @pytest.fixture
 def root(pristine, tmp_path) -> Path:
-    return Path(shutil.copytree(pristine, tmp_path / "kaggle_3m"))  # copy2 keeps the mtimes
+    return fresh_copy(pristine, tmp_path)
 
 
 def entries(cache_dir: Path) -> list[str]:
@@ -111,10 +110,11 @@ def test_structural_problems_raise_before_decoding(root, tmp_path):
 
 def test_default_directory_follows_the_environment(root, tmp_path, monkeypatch):
     monkeypatch.setenv("SWEEP_DATA_CACHE", str(tmp_path / "env-cache"))
-    assert cache.default_cache_dir() == tmp_path / "env-cache"
-    assert cache.open_cache(root, SIZE).path.parent == tmp_path / "env-cache"
+    assert cache.cache_root() == tmp_path / "env-cache"
+    assert cache.cache_root(tmp_path / "mine") == tmp_path / "mine"  # a trial's cache_dir first
+    assert cache.open_cache(root, SIZE).path.parent == tmp_path / "env-cache" / "data"
     monkeypatch.delenv("SWEEP_DATA_CACHE")
-    assert cache.default_cache_dir() == Path.home() / ".cache" / "nvfp4-sweep" / "data"
+    assert cache.cache_root() == Path.home() / ".cache" / "nvfp4-sweep"
 
 
 def test_pickling_does_not_copy_the_arrays(root, tmp_path):

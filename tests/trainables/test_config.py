@@ -7,11 +7,13 @@ import json
 import pytest
 
 from trainables.config import (
-    ARCH_DEFAULTS,
     NOT_HASHED,
+    TUNE_KEY,
     ConfigError,
     TrialConfig,
+    config_diff,
 )
+from trainables.vocabulary import ARCH_DEFAULTS, sample_suffix
 
 BASE = {"arch": "cnn", "scale": "tiny", "recipe": "baseline", "seed": 2026, "synthetic": {}}
 
@@ -121,9 +123,9 @@ def test_frozen():
 
 def test_json_round_trip(tmp_path):
     c = make(arch="swin", fold="f1", model_overrides={"shift_when_window_covers_grid": False})
-    assert TrialConfig.from_json(c.to_json()) == c
-    assert TrialConfig.load(c.save(tmp_path / "config.json")) == c
-    assert TrialConfig.from_json(c.to_json()).config_hash == c.config_hash
+    assert TrialConfig.from_fields(json.loads(c.to_json())) == c
+    assert TrialConfig.from_fields(json.loads(c.save(tmp_path / "config.json").read_text())) == c
+    assert TrialConfig.from_fields(json.loads(c.to_json())).config_hash == c.config_hash
 
 
 # The canonical JSON of BASE with code_version pinned. If this test fails, what the hash covers
@@ -236,17 +238,62 @@ def test_hash_covers_the_data_source(tmp_path):
         {"num_workers": 4},
         {"cache_dir": "/tmp/cache"},
         {"tracking": {"tracking_uri": "sqlite:///x.db", "experiment": "e"}},
-        {"test_hooks": {"fail_at_epoch": 2}},
+        {"callbacks": ["tests.support.hooks:FailAtEpoch"]},
+        {"sample_suffix": "0123abcd"},
     ],
 )
 def test_hash_ignores_settings_that_cannot_change_results(changes):
     assert make(**changes).config_hash == make().config_hash
 
 
+def test_config_diff_ignores_fields_outside_the_hash():
+    config = make()
+    moved = config.replace(num_workers=4, cache_dir="/elsewhere", epochs=config.epochs + 1)
+    assert list(config_diff(config.to_dict(), moved.to_dict())) == ["epochs"]
+
+
 def test_result_fields_are_json():
     fields = make().result_fields()
     assert not NOT_HASHED & set(fields)
     json.dumps(fields)
+
+
+# --------------------------------------------------------------------------- across Ray Tune
+
+
+def test_a_config_crosses_ray_tune_whole():
+    tracking = {"tracking_uri": "sqlite:///x.db", "experiment": "sw", "parent_run_id": "p1"}
+    config = make(tracking={**tracking, "log_weights": True})
+    got = TrialConfig.from_tune({TUNE_KEY: config.to_tune()})
+    assert got == config and got.config_hash == config.config_hash
+    assert (got.tracking.tracking_uri, got.tracking.experiment, got.tracking.parent_run_id) == (
+        "sqlite:///x.db",
+        "sw",
+        "p1",
+    )
+    assert got.run_key == got.trial_key
+
+
+def test_sampled_values_merge_on_top_and_name_the_sample():
+    config = make()
+    sampled = {"lr": 3e-4, "weight_decay": 0.01}
+    suffix = sample_suffix(sampled)
+    got = TrialConfig.from_tune(
+        {TUNE_KEY: {**config.to_tune(), **sampled, "sample_suffix": suffix}}
+    )
+    assert (got.lr, got.weight_decay) == (3e-4, 0.01)
+    assert got.trial_key == config.trial_key and got.config_hash != config.config_hash
+    assert got.run_key == f"{config.trial_key}-{suffix}" and len(suffix) == 8
+
+
+def test_a_tune_config_that_disagrees_with_its_hash_is_refused():
+    config = make()
+    with pytest.raises(ConfigError, match="config_hash"):
+        TrialConfig.from_tune({TUNE_KEY: {**config.to_tune(), "config_hash": "0" * 64}})
+    with pytest.raises(ConfigError, match="arch"):
+        TrialConfig.from_tune({TUNE_KEY: {**config.to_tune(), "arch": "x"}})
+    with pytest.raises(ConfigError, match="no 'trial' mapping"):
+        TrialConfig.from_tune(config.to_dict())
 
 
 def test_replace_validates():
@@ -278,7 +325,7 @@ REUSES_ROW_SCALED = {
 def test_a_declared_recipe_travels_in_the_config_and_its_hash():
     mine = make(arch="swin", recipe="mine", recipe_definition=MINE)
     assert mine.recipe_object().fprop_weight.e4m3_max == 256  # TE's default, resolved
-    assert TrialConfig.from_json(mine.to_json()) == mine
+    assert TrialConfig.from_fields(json.loads(mine.to_json())) == mine
     mse = {**MINE, "fprop_weight": {**MINE["fprop_weight"], "four_over_six": "mse"}}
     assert make(arch="swin", recipe="mine", recipe_definition=mse).config_hash != mine.config_hash
     renamed = {**MINE, "display_name": "Other words", "description": "for a figure"}
@@ -358,7 +405,7 @@ def test_mlflow_params_carry_the_full_recipe_definition(tmp_path):
 
     from mlflow import MlflowClient
 
-    from trainables.loop import build_tracker
+    from trainables.tracked_run import build_tracker
 
     uri = os.environ["MLFLOW_TRACKING_URI"]
     tracking = {"experiment": "declared-recipe-params"}

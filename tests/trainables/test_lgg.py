@@ -9,21 +9,21 @@ import numpy as np
 import pytest
 import tifffile
 
+from tests.support.datasets import fresh_copy, written
 from trainables import lgg
-from trainables.synth import write_synthetic
 
 
 @pytest.fixture(scope="module")
 def clean(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("lgg") / "kaggle_3m"
-    write_synthetic(root, patients=3, size=16, seed=0, slices_per_patient=3)
-    return root
+    return written(
+        tmp_path_factory.mktemp("lgg"), patients=3, size=16, seed=0, slices_per_patient=3
+    )
 
 
 @pytest.fixture
 def dataset(clean, tmp_path) -> Path:
     """A fresh copy of the clean dataset, to damage."""
-    return Path(shutil.copytree(clean, tmp_path / "kaggle_3m"))
+    return fresh_copy(clean, tmp_path)
 
 
 def first_patient(root: Path) -> Path:
@@ -207,7 +207,7 @@ def test_missing_root_is_a_problem_not_a_crash(tmp_path):
 
 
 def test_no_patients_hints_at_the_kaggle_3m_subfolder(tmp_path, clean):
-    shutil.copytree(clean, tmp_path / "kaggle_3m")
+    fresh_copy(clean, tmp_path)
     assert "kaggle_3m" in lgg.check_dataset(tmp_path).problems[0].message
 
 

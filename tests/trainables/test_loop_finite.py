@@ -6,29 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.support.trials import tiny_config
 from trainables.checkpoint import STATE_FILE
-from trainables.config import TrialConfig
 from trainables.loop import NonFiniteOperandError, TrainingRun
 
 
-def _config(tmp_path, **changes) -> TrialConfig:
-    fields = {
-        "arch": "cnn",
-        "scale": "tiny",
-        "recipe": "nvfp4",
-        "seed": 2026,
-        "synthetic": {"patients": 10, "size": 32, "seed": 0, "slices_per_patient": 4},
-        "image_size": 32,
-        "epochs": 1,
-        "batch_size": 8,
-        "cache_dir": str(tmp_path / "cache"),
-        **changes,
-    }
-    return TrialConfig.from_fields(fields)
-
-
 def test_a_non_finite_gradient_operand_fails_the_step(tmp_path):
-    run = TrainingRun(_config(tmp_path), checkpoint_dir=tmp_path / "ckpt")
+    config = tiny_config(tmp_path / "cache", recipe="nvfp4")
+    run = TrainingRun(config, checkpoint_dir=tmp_path / "ckpt")
     before = {k: v.detach().clone() for k, v in run.model.named_parameters()}
     last = [m for m in run.model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
     # dY of a quantized layer turns inf in the backward: the loss is finite, the gradient is not.

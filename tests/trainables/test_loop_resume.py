@@ -2,8 +2,9 @@
 
 The central claim (trainables.checkpoint): N epochs in one go and N/2 epochs, a stop, a restore and
 N/2 more give bitwise the same weights, history and final metrics on CPU, for the baseline and for
-a stochastic-rounding recipe. The stop is a real one: an exception at the start of epoch N/2 + 1,
-then a fresh TrainingRun built from nothing but the config and the checkpoint folder.
+a stochastic-rounding recipe. The stop is a real one: an exception at the start of epoch N/2 + 1
+(a callback the config names, tests/support/hooks.py), then a fresh TrainingRun built from nothing
+but the config and the checkpoint folder.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import os
 import pytest
 import torch
 
+from tests.support import trials
+from tests.support.hooks import InjectedFailure, fail_at_epoch
 from trainables.checkpoint import (
     STATE_FILE,
     CheckpointMismatch,
@@ -25,7 +28,6 @@ from trainables.config import TrialConfig
 from trainables.loop import (
     TIMING_KEYS,
     EarlyStopping,
-    InjectedFailure,
     NonFiniteLossError,
     TrainingRun,
     train,
@@ -34,34 +36,13 @@ from trainables.loop import (
 EPOCHS = 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models run fastest on one thread, and a shared CI machine punishes oversubscription.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
     return str(tmp_path_factory.mktemp("data_cache"))
 
 
 def tiny_config(cache_dir: str, **changes) -> TrialConfig:
-    fields = {
-        "arch": "cnn",
-        "scale": "tiny",
-        "recipe": "baseline",
-        "seed": 2026,
-        "synthetic": {"patients": 10, "size": 32, "seed": 0, "slices_per_patient": 4},
-        "image_size": 32,
-        "epochs": EPOCHS,
-        "batch_size": 8,
-        "cache_dir": cache_dir,
-        **changes,
-    }
-    return TrialConfig.from_fields(fields)
+    return trials.tiny_config(cache_dir, **{"epochs": EPOCHS, **changes})
 
 
 def results_of(run_result):
@@ -83,7 +64,7 @@ def test_stop_and_restore_is_bitwise_identical(recipe, cache_dir, tmp_path):
     config = tiny_config(cache_dir, recipe=recipe)
     straight = train(config, checkpoint_dir=tmp_path / "straight")
 
-    interrupted = config.replace(test_hooks={"fail_at_epoch": EPOCHS // 2 + 1})
+    interrupted = config.replace(callbacks=[fail_at_epoch(EPOCHS // 2 + 1)])
     assert interrupted.config_hash == config.config_hash
     with pytest.raises(InjectedFailure):
         train(interrupted, checkpoint_dir=tmp_path / "split")
@@ -170,12 +151,14 @@ def test_run_outputs_checkpoint_artifacts_and_final_metrics(cache_dir, tmp_path)
     assert (
         len(hist["bin_edges"]) == 101 and sum(hist["counts"]) == result.final_metrics["test_pixels"]
     )
-    assert TrialConfig.load(result.artifacts_dir / "config.json") == config
+    saved = json.loads((result.artifacts_dir / "config.json").read_text())
+    assert TrialConfig.from_fields(saved) == config
 
     state = load_checkpoint(tmp_path / "ckpt", config)
     assert state["finished"] and state["epoch"] == 2
     assert read_tracking_state(tmp_path / "ckpt") == {"run_id": "run-123"}
-    assert TrialConfig.load(tmp_path / "ckpt" / "config.json") == config
+    saved = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert TrialConfig.from_fields(saved) == config
 
     # A finished checkpoint trains nothing more: it hands back the same final metrics.
     again = train(config, checkpoint_dir=tmp_path / "ckpt", resume_from=tmp_path / "ckpt")

@@ -12,13 +12,15 @@ import os
 from types import SimpleNamespace
 
 import pytest
-import torch
 from mlflow.tracking import MlflowClient
 
+from tests.support.hooks import InjectedFailure, fail_at_epoch
+from tests.support.trials import tiny_config
 from trainables import cache, system_metrics
-from trainables.config import TrackingConfig, TrialConfig
-from trainables.loop import InjectedFailure, resolve_data_root, run_tracked
+from trainables.config import TUNE_KEY, TrackingConfig, TrialConfig
+from trainables.data import resolve_data_root
 from trainables.run_notes import DIGEST_LENGTH, dataset_input, trial_note
+from trainables.tracked_run import run_tracked
 from trainables.tracking import (
     EXPERIMENT_KIND_TAG,
     NOTE_TAG,
@@ -28,17 +30,8 @@ from trainables.tracking import (
     mark_training_experiment,
     start_sweep_run,
 )
-from trainables.trainable import config_from_tune
 
 SYSTEM_KEYS = {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -48,19 +41,13 @@ def uri() -> str:
 
 def tiny(tmp_path, experiment: str, **changes) -> TrialConfig:
     fields = {
-        "arch": "cnn",
-        "scale": "tiny",
         "recipe": "nvfp4",
         "seed": 3,
         "synthetic": {"patients": 6, "size": 32, "seed": 0, "slices_per_patient": 4},
-        "image_size": 32,
         "epochs": 2,
-        "batch_size": 8,
-        "cache_dir": str(tmp_path / "cache"),
         "tracking": {"tracking_uri": os.environ["MLFLOW_TRACKING_URI"], "experiment": experiment},
-        **changes,
     }
-    return TrialConfig.from_fields(fields)
+    return tiny_config(tmp_path / "cache", **{**fields, **changes})
 
 
 def only_run(client: MlflowClient, experiment: str):
@@ -111,7 +98,7 @@ def test_a_tracked_run_describes_itself_and_its_data(uri, tmp_path):
 
 @pytest.mark.slow
 def test_a_failed_run_says_why(uri, tmp_path):
-    config = tiny(tmp_path, "notes-failed", test_hooks={"fail_at_epoch": 2}, epochs=3)
+    config = tiny(tmp_path, "notes-failed", callbacks=[fail_at_epoch(2)], epochs=3)
     with pytest.raises(InjectedFailure):
         run_tracked(config, tmp_path / "ckpt", callbacks=[])
     _, run = only_run(MlflowClient(uri), "notes-failed")
@@ -165,14 +152,11 @@ def test_system_metrics_setting_is_not_hashed_and_reaches_the_trial():
     on = TrialConfig.from_fields({**base, "tracking": {"system_metrics": True}})
     assert off.config_hash == on.config_hash == TrialConfig.from_fields(base).config_hash
 
-    payload = {
-        "trial_key": on.trial_key,
-        "trial": on.model_dump(mode="json", exclude={"tracking"}),
-        "config_hash": on.config_hash,
-        "tracking": {"uri": "sqlite:///x.db", "experiment": "e", "parent_run_id": None,
-                     "system_metrics": True, "system_metrics_interval_s": 2.5},
-    }  # fmt: skip
-    tracking = config_from_tune({"trial": payload}).tracking
+    sent = on.replace(
+        tracking={"tracking_uri": "sqlite:///x.db", "experiment": "e",
+                  "system_metrics": True, "system_metrics_interval_s": 2.5},
+    )  # fmt: skip
+    tracking = TrialConfig.from_tune({TUNE_KEY: sent.to_tune()}).tracking
     assert tracking.system_metrics is True and tracking.system_metrics_interval_s == 2.5
 
     assert system_metrics.wanted(TrackingConfig(), "cuda")

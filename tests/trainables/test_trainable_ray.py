@@ -9,68 +9,17 @@ import os
 
 import pytest
 
-from trainables.config import ConfigError, TrialConfig
-from trainables.trainable import config_from_tune
+from tests.support.hooks import fail_at_epoch
+from tests.support.trials import tiny_config
+from tests.support.tune import ResultLog, key_of, run_trials, tracked_experiment, tune_fields
+from trainables.config import TrialConfig
 
 EPOCHS = 3
 FAIL_AT = 2
 
 
 def trial_config(tmp_path, recipe: str, **changes) -> TrialConfig:
-    return TrialConfig.from_fields(
-        {
-            "arch": "cnn",
-            "scale": "tiny",
-            "recipe": recipe,
-            "seed": 2026,
-            "synthetic": {"patients": 10, "size": 32, "seed": 0, "slices_per_patient": 4},
-            "image_size": 32,
-            "epochs": EPOCHS,
-            "batch_size": 8,
-            "cache_dir": str(tmp_path / "cache"),
-            **changes,
-        }
-    )
-
-
-def payload(config: TrialConfig, tracking: dict | None = None) -> dict:
-    """The sweep runner's per-trial payload (sweep/runner.py)."""
-    return {
-        "trial_key": config.trial_key,
-        "trial": config.to_dict(),
-        "config_hash": config.config_hash,
-        "tracking": tracking,
-        "save_weights": False,
-    }
-
-
-def test_config_from_a_flat_dict_or_a_payload(tmp_path):
-    config = trial_config(tmp_path, "baseline")
-    assert config_from_tune(config.to_dict()) == config
-    tracking = {"uri": "sqlite:///x.db", "experiment": "sw", "parent_run_id": "p1"}
-    got = config_from_tune({"trial": payload(config, tracking)})
-    assert got.config_hash == config.config_hash
-    assert (got.tracking.tracking_uri, got.tracking.experiment, got.tracking.parent_run_id) == (
-        "sqlite:///x.db",
-        "sw",
-        "p1",
-    )
-
-
-def test_sampled_values_override_the_payload(tmp_path):
-    config = trial_config(tmp_path, "baseline")
-    got = config_from_tune({"trial": payload(config), "lr": 3e-4, "weight_decay": 0.01})
-    assert (got.lr, got.weight_decay) == (3e-4, 0.01)
-    assert got.trial_key == config.trial_key and got.config_hash != config.config_hash
-
-
-def test_a_payload_that_disagrees_with_its_config_is_refused(tmp_path):
-    config = trial_config(tmp_path, "baseline")
-    bad = {**payload(config), "config_hash": "0" * 64}
-    with pytest.raises(ConfigError, match="config_hash"):
-        config_from_tune({"trial": bad})
-    with pytest.raises(ConfigError, match="arch"):
-        config_from_tune({"trial": {**payload(config), "trial": {**config.to_dict(), "arch": "x"}}})
+    return tiny_config(tmp_path / "cache", **{"recipe": recipe, "epochs": EPOCHS, **changes})
 
 
 @pytest.fixture(scope="module")
@@ -82,62 +31,22 @@ def local_ray():
     ray.shutdown()
 
 
-class ResultLog:
-    """A Tune callback writing every reported result to a JSONL file (read back by the test)."""
-
-    def __new__(cls, path):
-        from ray import tune
-
-        class _Log(tune.Callback):
-            def on_trial_result(self, iteration, trials, trial, result, **info):
-                keep = ("epoch", "done", "pid", "threads", "val_loss")
-                row = {
-                    "trial_key": trial.config["trial"]["trial_key"],
-                    **{k: result.get(k) for k in keep},
-                }
-                with open(path, "a") as f:
-                    f.write(json.dumps(row) + "\n")
-
-        return _Log()
-
-
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_two_trials_with_an_injected_failure_resume_exactly(local_ray, tmp_path):
-    from mlflow.tracking import MlflowClient
-    from ray import tune
-
     from trainables.checkpoint import load_checkpoint
-    from trainables.tracking import find_trial_runs, get_or_create_experiment
-    from trainables.trainable import train_trial
+    from trainables.tracking import find_trial_runs
 
-    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracking = {"uri": tracking_uri, "experiment": "ray-test", "parent_run_id": None}
-    # The driver creates the store first, as the sweep runner does with its parent run: two trial
-    # processes creating a fresh sqlite store at once race in MLflow's schema migration.
-    client = MlflowClient(tracking_uri)
-    get_or_create_experiment(client, "ray-test")
-    flaky = trial_config(tmp_path, "baseline", test_hooks={"fail_at_epoch": FAIL_AT})
+    tracking_uri, tracking, client = tracked_experiment(tmp_path, "ray-test")
+    flaky = trial_config(tmp_path, "baseline", callbacks=[fail_at_epoch(FAIL_AT)])
     steady = trial_config(tmp_path, "nvfp4")
     log = tmp_path / "results.jsonl"
-    tuner = tune.Tuner(
-        tune.with_resources(train_trial, {"cpu": 1}),
-        param_space={
-            "trial": tune.grid_search([payload(flaky, tracking), payload(steady, tracking)])
-        },
-        run_config=tune.RunConfig(
-            name="trainable-test",
-            storage_path=str(tmp_path / "ray_results"),
-            failure_config=tune.FailureConfig(max_failures=1),
-            callbacks=[ResultLog(log)],
-            verbose=0,
-        ),
-    )
-    results = tuner.fit()
+    trials = [tune_fields(flaky, tracking), tune_fields(steady, tracking)]
+    results = run_trials(tmp_path, "trainable-test", trials, callbacks=[ResultLog(log)])
     assert not results.errors, results.errors
 
     rows = [json.loads(line) for line in log.read_text().splitlines()]
-    by_key = {r.config["trial"]["trial_key"]: r for r in results}
+    by_key = {key_of(r.config): r for r in results}
     assert set(by_key) == {flaky.trial_key, steady.trial_key}
     for key, result in by_key.items():
         reported = [r for r in rows if r["trial_key"] == key]

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.trainables.test_trainable_ray import ResultLog, payload, trial_config
+from tests.support.trials import tiny_config
+from tests.support.tune import ResultLog, key_of, run_trials, tracked_experiment, tune_fields
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -49,7 +50,7 @@ class KillAfterEpoch:
 
         class _Kill(tune.Callback):
             def on_trial_result(self, iteration, trials, trial, result, **info):
-                if trial.config["trial"]["trial_key"] != trial_key or record.exists():
+                if key_of(trial.config) != trial_key or record.exists():
                     return
                 if result.get("epoch") != epoch or result.get("done"):
                     return
@@ -63,41 +64,29 @@ class KillAfterEpoch:
 
 
 def test_nan_fails_for_good_and_a_killed_trial_resumes_past_a_corrupt_checkpoint(scratch, tmp_path):
-    from mlflow.tracking import MlflowClient
     from ray import tune
 
     from sweep.progress import LedgerCallback
     from sweep.storage import SweepStore
-    from trainables.tracking import find_trial_runs, get_or_create_experiment
-    from trainables.trainable import train_trial
+    from trainables.tracking import find_trial_runs
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracking = {"uri": uri, "experiment": "failures", "parent_run_id": None}
-    client = MlflowClient(uri)
-    get_or_create_experiment(client, "failures")
-    diverging = trial_config(tmp_path, "baseline", lr=1e30, epochs=EPOCHS)
-    killed = trial_config(tmp_path, "nvfp4", epochs=EPOCHS)
+    uri, tracking, client = tracked_experiment(tmp_path, "failures")
+    diverging = tiny_config(tmp_path / "cache", recipe="baseline", lr=1e30, epochs=EPOCHS)
+    killed = tiny_config(tmp_path / "cache", recipe="nvfp4", epochs=EPOCHS)
     store = SweepStore.open(str(tmp_path / "sweeps"), "failures")
     log, kill_record = tmp_path / "results.jsonl", tmp_path / "killed.json"
-    results = tune.Tuner(
-        tune.with_resources(train_trial, {"cpu": 1}),
-        param_space={
-            "trial": tune.grid_search([payload(diverging, tracking), payload(killed, tracking)])
-        },
-        run_config=tune.RunConfig(
-            name="failures",
-            storage_path=str(tmp_path / "ray_results"),
-            failure_config=tune.FailureConfig(max_failures=1),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            callbacks=[
-                ResultLog(log),
-                KillAfterEpoch(killed.trial_key, KILL_AT, kill_record),
-                LedgerCallback(store),
-            ],
-            verbose=0,
-        ),
-    ).fit()
-    by_key = {r.config["trial"]["trial_key"]: r for r in results}
+    results = run_trials(
+        tmp_path,
+        "failures",
+        [tune_fields(diverging, tracking), tune_fields(killed, tracking)],
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        callbacks=[
+            ResultLog(log),
+            KillAfterEpoch(killed.trial_key, KILL_AT, kill_record),
+            LedgerCallback(store),
+        ],
+    )
+    by_key = {key_of(r.config): r for r in results}
     rows = [json.loads(line) for line in log.read_text().splitlines()]
 
     # The NaN: failed with its reason, and the retry Ray gave it did not train.
