@@ -482,7 +482,7 @@ def _chunk_amax(chunk: torch.Tensor, work: _Work, out: torch.Tensor) -> torch.Te
     skips the NaN bookkeeping of the float one: about 1.5x faster on CPU. Compiled code
     reduces the floats (the same maxima; a NaN surfaces as NaN): Inductor's C++ backend
     reduces a bit-reinterpreted tensor one 16-element block at a time through a scalar
-    bit_cast loop, about 15x slower than its float max (bench/bench_quant_compile.py).
+    bit_cast loop, about 15x slower than its float max (BENCHMARKS.md, issue 18).
     """
     magnitudes = torch.abs(chunk, out=work.like("float", chunk, torch.float32))
     if out.dtype == torch.float32:
