@@ -469,14 +469,24 @@ class _Work:
         return (buffer if t.numel() == self.size else buffer[: t.numel()]).view(t.shape)
 
 
-def _chunk_amax(chunk: torch.Tensor, work: _Work, out: torch.Tensor) -> torch.Tensor:
-    """(t, r, C, 16) -> block (or tile) amax as int32 bit patterns, written to out (t, C).
+def _amax_dtype() -> torch.dtype:
+    """The dtype `_chunk_amax` reduces in: int32 bit patterns in eager code, fp32 compiled."""
+    return torch.float32 if torch.compiler.is_compiling() else _I32
 
-    Reduced as int32: for non-negative floats the bit patterns order like the values (NaN's
-    pattern is above inf's, so a NaN still surfaces), and the integer max kernel skips the
-    NaN bookkeeping of the float one: about 1.5x faster on CPU.
+
+def _chunk_amax(chunk: torch.Tensor, work: _Work, out: torch.Tensor) -> torch.Tensor:
+    """(t, r, C, 16) -> block (or tile) amax, written to out (t, C) of `_amax_dtype()`.
+
+    Eager code reduces the int32 bit patterns: for non-negative floats they order like the
+    values (NaN's pattern is above inf's, so a NaN still surfaces), and the integer max kernel
+    skips the NaN bookkeeping of the float one: about 1.5x faster on CPU. Compiled code
+    reduces the floats (the same maxima; a NaN surfaces as NaN): Inductor's C++ backend
+    reduces a bit-reinterpreted tensor one 16-element block at a time through a scalar
+    bit_cast loop, about 15x slower than its float max (BENCHMARKS.md, issue 18).
     """
     magnitudes = torch.abs(chunk, out=work.like("float", chunk, torch.float32))
+    if out.dtype == torch.float32:
+        return torch.amax(magnitudes, dim=(1, 3), out=out)
     return out.copy_(magnitudes.view(torch.int32).amax(dim=(1, 3)))
 
 
@@ -576,12 +586,15 @@ def _round_to_bf16(t: torch.Tensor) -> torch.Tensor:
 
     What `t.to(bfloat16).float()` computes, but compilers keep it: Inductor drops a
     down-then-up cast pair and would quantize the unrounded rotation. The magnitude's low 16
-    bits round into bit 16 (adding 0x7FFF plus bit 16 carries exactly when RNE rounds up); the
-    magnitude is first capped at a quiet NaN so no NaN payload carries into the sign bit.
+    bits round into bit 16 (adding 0x7FFF plus bit 16 carries exactly when RNE rounds up); a
+    NaN's magnitude is first replaced by the quiet NaN's, so no payload carries into the sign
+    bit and none rounds down onto inf (checked over all 2^32 patterns by
+    bench/exhaustive_compiled.py).
     """
     bits = t.view(torch.int32)
     sign = torch.bitwise_and(bits, -(2**31))
-    magnitude = torch.bitwise_and(bits, 0x7FFFFFFF).clamp(max=0x7FC00000)
+    magnitude = torch.bitwise_and(bits, 0x7FFFFFFF)
+    magnitude = torch.where(magnitude > 0x7F800000, 0x7FC00000, magnitude)
     magnitude = magnitude + torch.bitwise_and(magnitude >> 16, 1) + 0x7FFF
     return torch.bitwise_or(torch.bitwise_and(magnitude, -65536), sign).view(torch.float32)
 
@@ -971,7 +984,7 @@ def _prepare(
         src = torch.empty(xb.shape, device=x.device) if staging is None else staging(xb.shape)
     chunks = _row_chunks(xb)
     work = _Work(xb, chunks)
-    block_amax = torch.empty(xb.shape[0], xb.shape[2], dtype=torch.int32, device=x.device)
+    block_amax = torch.empty(xb.shape[0], xb.shape[2], dtype=_amax_dtype(), device=x.device)
     with _full_fp32_matmul() if rht_first else contextlib.nullcontext():
         for rows in chunks:
             if rht_first:

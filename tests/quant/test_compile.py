@@ -132,11 +132,33 @@ def test_round_to_bf16_by_bits_equals_the_cast():
     x = bits.to(torch.int32).view(torch.float32)
     special = [0.0, -0.0, 1e-45, -1e-45, 3.4028235e38, -3.4028235e38, float("inf"), -float("inf")]
     ties = [1.0 + 2**-8, 1.0 + 3 * 2**-8, -(1.0 + 2**-8), 2**-130 * 3]
-    x = torch.cat([x, torch.tensor(special + ties)])
+    # NaNs whose payload sits in the low 16 bits only: rounding them must not reach inf
+    nans = torch.tensor([0x7F800001, 0x7F807FFF, 0x7F808000, -0x7FFFFF], dtype=torch.int32)
+    x = torch.cat([x, torch.tensor(special + ties), nans.view(torch.float32)])
     ours, cast = nvfp4._round_to_bf16(x.clone()), x.to(torch.bfloat16).float()
     finite = torch.isfinite(x)
     assert torch.equal(ours[finite], cast[finite])
     assert torch.equal(torch.isnan(ours), torch.isnan(cast))  # NaN stays NaN, never finite
+
+
+def test_float_block_amax_of_compiled_code_equals_the_int32_one_of_eager_code():
+    """Compiled code reduces the block amax as floats, eager code as int32 patterns
+    (`_chunk_amax`): the same maxima on random patterns of every binade and the edges; a NaN
+    block is NaN both ways (bench/exhaustive_compiled.py checks the order exhaustively)."""
+    gen = torch.Generator().manual_seed(4)
+    bits = torch.randint(-(2**31), 2**31, (64, 1, 8, 16), generator=gen, dtype=torch.int64)
+    x = bits.to(torch.int32).view(torch.float32)
+    x = torch.where(torch.isnan(x), 1.0, x)
+    edges = [0.0, -0.0, 1e-45, -1e-45, 2**-126, 3.4028235e38, -float("inf"), 6.0]
+    x[0, 0, :, :8] = torch.tensor(edges)
+    x[1, 0, 0] = -0.0
+    x[2, 0, 1, 3] = float("nan")
+    work = nvfp4._Work(x, [slice(0, 64)])
+    as_int = nvfp4._chunk_amax(x, work, torch.empty(64, 8, dtype=torch.int32))
+    as_float = nvfp4._chunk_amax(x, work, torch.empty(64, 8))
+    assert torch.isnan(as_float[2, 1]) and torch.isnan(as_int.view(torch.float32)[2, 1])
+    as_float[2, 1] = as_int.view(torch.float32)[2, 1] = 0.0
+    assert torch.equal(as_float.view(torch.int32), as_int)
 
 
 # --------------------------------------------------------------------------- layers
