@@ -115,7 +115,7 @@ def check_cluster_tracking(uri: str, *, nodes: int) -> None:
 def check_cluster_spec(spec: SweepSpec, nodes: int, *, resolve: bool = True) -> None:
     """Both checks for `spec` on a cluster of `nodes` nodes. With resolve=False (the client of
     `sweep submit`), only what the spec itself says is checked: the defaults are the cluster's."""
-    from trainables.tracking import resolve_tracking_uri
+    from trainables.mlflow_store import resolve_tracking_uri
 
     shared = storage_shared(spec.storage_shared)
     storage = spec.resolved_storage() if resolve else spec.storage

@@ -67,7 +67,8 @@ def build_tracker(config: TrialConfig, checkpoint_dir: Path):
     (its restored journal holds the same records, and its own end sets the run's status)."""
     if config.tracking is None:
         return None
-    from trainables.tracking import TrialTracker, resolve_tracking_uri
+    from trainables.mlflow_store import resolve_tracking_uri
+    from trainables.tracking import TrialTracker
 
     tags = trial_tags(config)
     trial_key = tags[TRIAL_KEY_TAG]

@@ -89,7 +89,7 @@ class TuneReporter(Callback):
 
 def _tracking(checkpoint_dir: Path) -> dict[str, int]:
     """MLflow records not delivered yet (an outage; the driver warns once per outage)."""
-    from trainables.tracking import pending_records
+    from trainables.journal import pending_records
 
     journal = checkpoint_dir / TRACKING_DIR
     return {"tracking_pending": pending_records(journal)} if journal.is_dir() else {}

@@ -243,7 +243,7 @@ def test_sweep_survives_a_lost_node_and_a_lost_driver(cluster: LocalCluster, tmp
 
 
 def tracked_runs(lab: LocalCluster) -> dict:
-    from trainables.tracking import find_trial_runs
+    from tests.support.mlflow_runs import find_trial_runs
 
     runs = find_trial_runs(lab.mlflow_url, NAME)
     keys = [r.data.tags["trial_key"] for r in runs]
@@ -299,7 +299,7 @@ def driver_report(lab: LocalCluster) -> str:
     """The report.md the job's driver logged to the sweep's parent run (its artifacts are in S3)."""
     from mlflow.tracking import MlflowClient
 
-    from sweep.report import ARTIFACT_PATH
+    from trainables.mlflow_schema import ANALYSIS_ARTIFACT, REPORT_ARTIFACT
 
     client = MlflowClient(lab.mlflow_url)
     experiment = client.get_experiment_by_name(NAME)
@@ -307,7 +307,7 @@ def driver_report(lab: LocalCluster) -> str:
         [experiment.experiment_id], filter_string="tags.sweep_parent = 'true'"
     )
     assert len(parents) == 1
-    path = f"{ARTIFACT_PATH}/report.md"
+    path = f"{ANALYSIS_ARTIFACT}/{REPORT_ARTIFACT}"
     return Path(client.download_artifacts(parents[0].info.run_id, path)).read_text()
 
 

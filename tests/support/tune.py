@@ -29,7 +29,7 @@ def tracked_experiment(tmp_path: Path, experiment: str) -> tuple[str, dict, Any]
     trial processes creating a fresh sqlite store at once race in MLflow's schema migration."""
     from mlflow.tracking import MlflowClient
 
-    from trainables.tracking import get_or_create_experiment
+    from trainables.mlflow_store import get_or_create_experiment
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)

@@ -34,8 +34,8 @@ def local_ray():
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_two_trials_with_an_injected_failure_resume_exactly(local_ray, tmp_path):
+    from tests.support.mlflow_runs import find_trial_runs
     from trainables.checkpoint import load_checkpoint
-    from trainables.tracking import find_trial_runs
 
     tracking_uri, tracking, client = tracked_experiment(tmp_path, "ray-test")
     flaky = trial_config(tmp_path, "baseline", callbacks=[fail_at_epoch(FAIL_AT)])

@@ -68,7 +68,7 @@ def test_nan_fails_for_good_and_a_killed_trial_resumes_past_a_corrupt_checkpoint
 
     from sweep.progress import LedgerCallback
     from sweep.storage import SweepStore
-    from trainables.tracking import find_trial_runs
+    from tests.support.mlflow_runs import find_trial_runs
 
     uri, tracking, client = tracked_experiment(tmp_path, "failures")
     diverging = tiny_config(tmp_path / "cache", recipe="baseline", lr=1e30, epochs=EPOCHS)
