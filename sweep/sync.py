@@ -54,7 +54,8 @@ def outbox_for(store: SweepStore):
 
 
 def outbox_uri(store: SweepStore) -> str:
-    """Where the sweep's trials keep undelivered records (passed to them in their payload)."""
+    """Where the sweep's trials keep undelivered records (their TrialConfig's tracking section
+    carries it)."""
     return outbox_for(store).uri
 
 
@@ -161,7 +162,7 @@ def main(args) -> int:
 
     root = resolve_storage(args.storage)
     store = SweepStore.open(root, args.name)
-    if not store.exists("spec.yaml"):
+    if not store.exists(store.SPEC_FILE):
         print(f"error: no sweep named {args.name!r} in storage {root!r}", file=sys.stderr)
         return 2
     result = sync_outbox(store, timeout_s=args.timeout)

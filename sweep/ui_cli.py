@@ -114,9 +114,9 @@ def _saved_tracking_uri(name: str, storage: str | None) -> str | None:
 
     try:
         store = SweepStore.open(resolve_storage(storage), name)
-        if not store.exists("spec.yaml"):
+        if not store.exists(store.SPEC_FILE):
             return None
-        return (yaml.safe_load(store.read_text("spec.yaml")) or {}).get("tracking_uri")
+        return (yaml.safe_load(store.read_text(store.SPEC_FILE)) or {}).get("tracking_uri")
     except (OSError, ValueError, yaml.YAMLError):
         return None  # no readable storage: the store is then the flag's or the environment's
 

@@ -106,7 +106,6 @@ class TrackingConfig(_Frozen):
     tracking_uri: str | None = None
     experiment: str = "train-one"
     parent_run_id: str | None = None
-    tags: dict[str, str] = {}
     log_weights: bool = False  # upload the best weights as an artifact
     # MLflow's system metrics (CPU, memory; GPU with the `gpu` extra): "auto" = on CUDA only
     system_metrics: bool | Literal["auto"] = "auto"

@@ -53,7 +53,7 @@ def trial_note(
     when the run did not finish); ``error`` what ended it, if anything did."""
     split = "holdout split" if config.fold == "holdout" else f"fold {config.fold[1:]}"
     # A search sample runs under its own key (the grid key plus a hash of its sampled values).
-    key = (config.tracking.tags.get("trial_key") if config.tracking else None) or config.trial_key
+    key = config.run_key
     lines = [
         f"**{key}**: {_ARCH_WORDS.get(config.arch, config.arch)} at scale "
         f"`{config.scale}`, trained with {recipe_in_words(config.recipe)}, seed {config.seed}, "

@@ -40,9 +40,8 @@ TRACKING_DIR = "tracking"  # the MLflow journal, inside the checkpoint so it tra
 
 
 def trial_tags(config: TrialConfig) -> dict[str, str]:
-    """The child run's flat tags, in the schema's order (TRIAL_TAGS), then the config's own. The
-    run's key is `run_key`: an Optuna sample's own (its grid point's key and its suffix), else the
-    grid point's."""
+    """The child run's flat tags, in the schema's order (TRIAL_TAGS). The run's key is `run_key`:
+    an Optuna sample's own (its grid point's key and its suffix), else the grid point's."""
     recipe = config.recipe_object()
     values = (
         config.tracking.experiment,
@@ -57,7 +56,7 @@ def trial_tags(config: TrialConfig) -> dict[str, str]:
         config.config_hash,
         short_sha(config.code_version.partition("+g")[2]),
     )
-    return {**dict(zip(TRIAL_TAGS, values, strict=True)), **config.tracking.tags}
+    return dict(zip(TRIAL_TAGS, values, strict=True))
 
 
 def build_tracker(config: TrialConfig, checkpoint_dir: Path):

@@ -126,7 +126,7 @@ def test_early_stopping_and_real_data_are_described(tmp_path):
     assert "val AUPRC 0.5000, test AUPRC 0.2500" in note
     assert "Stopped early after epoch 61 of 100" in note and "for 20 epochs after the 40" in note
     assert trial_note(config, None, None).endswith("Did not finish (interrupted).")
-    sample = config.replace(tracking={"tags": {"trial_key": f"{config.trial_key}-0a1b2c3d"}})
+    sample = config.replace(sample_suffix="0a1b2c3d")
     assert trial_note(sample, result).startswith(f"**{config.trial_key}-0a1b2c3d**: Swin")
 
     datasets = SimpleNamespace(**{s: _Split(["p1", "p2"], 10) for s in ("train", "val", "test")})
