@@ -28,6 +28,9 @@ CONV_CASES = {
     "k4s2p1_wide": (1, 16, 16, 32, 32, 4, 2, 1, 1, 0),
     "k3s1p1_wide": (1, 16, 16, 16, 16, 3, 1, 1, 1, 0),
     "k3s2p1_wide": (1, 16, 16, 31, 32, 3, 2, 1, 1, 0),  # classes of unequal size
+    # a slab's taps start 2 rows apart: its weight gradient runs with row dilation 2
+    "dilated_wide": (1, 16, 16, 16, 16, 3, 1, 2, 2, 0),
+    "k3s2d2_wide": (2, 16, 16, 32, 32, 3, 2, 2, 2, 0),  # dilation = stride: taps 1 row apart
 }
 CONVT_CASES = {
     "k4s2p1": (2, 32, 16, 4, 4, 4, 2, 1, 1, 0),
