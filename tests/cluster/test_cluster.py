@@ -104,6 +104,14 @@ def checkpoints(lab: LocalCluster, key: str) -> set[int]:
 
 def node_running_a_trial(lab: LocalCluster, lost: str | None = None) -> str:
     """The worker node (by name) that hosts the one live Tune trial actor (Ray's state API)."""
+    trials, found = trial_actor_nodes(lab, lost)
+    assert len(trials) == 1 and trials[0], f"trial actors on {trials}; live actors: {found}"
+    return trials[0]
+
+
+def trial_actor_nodes(lab: LocalCluster, lost: str | None = None):
+    """(names of the live worker nodes hosting a Tune trial actor, every live actor with its
+    node's name) from Ray's state API, leaving out the node `lost`."""
     from ray.util.state.api import StateApiClient
     from ray.util.state.common import ListApiOptions, StateResource
 
@@ -123,9 +131,7 @@ def node_running_a_trial(lab: LocalCluster, lost: str | None = None) -> str:
     trials = [
         names[a.node_id] for a in actors if "ImplicitFunc" in a.class_name and a.node_id in names
     ]
-    found = [(a.class_name, names.get(a.node_id)) for a in actors]
-    assert len(trials) == 1 and trials[0], f"trial actors on {trials}; live actors: {found}"
-    return trials[0]
+    return trials, [(a.class_name, names.get(a.node_id)) for a in actors]
 
 
 def progressing(lab: LocalCluster, predicate):
@@ -178,6 +184,15 @@ def test_sweep_survives_a_lost_node_and_a_lost_driver(cluster: LocalCluster, tmp
     lost = node_running_a_trial(lab)
     lab.kill_worker(lost)
     survivor = next(n for n in lab.procs if n.startswith("node_"))
+    # Tune restarts the trial once Ray has noticed the loss; until then the state API may still
+    # list the dead node's actor and no other (CI saw the check below run before the retry
+    # existed), so wait for the retried actor, then for an epoch it logs.
+    wait_for(
+        progressing(lab, lambda: trial_actor_nodes(lab, lost=lost)[0] == [survivor]),
+        180,
+        "the second trial to be retried on the surviving node",
+        poll=1.0,
+    )
     # Progress after the loss is an epoch MLflow had not seen: a checkpoint folder alone could be
     # the partial upload of the node that was killed while writing it.
     logged = max(epoch_steps(lab, tracked_runs(lab)[SECOND], "train_loss"), default=0)
