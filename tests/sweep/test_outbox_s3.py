@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.trainables.test_tracking_server import free_port
+from tests.support.ports import free_port
 from tests.trainables.test_trial_recovery import journal_with_pending
 from trainables.outbox import Outbox
 

@@ -4,7 +4,6 @@ before Ray starts.)"""
 
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 import yaml
 
 from sweep.cli import main
+from tests.support.ports import free_port
 
 
 def _spec(root: Path, **overrides) -> dict:
@@ -34,12 +34,6 @@ def _run(root: Path, spec: dict, capsys) -> tuple[int, str, Path]:
     code = main(["run", str(path)])
     err = capsys.readouterr().err.strip()
     return code, err, path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize(
@@ -99,7 +93,7 @@ def test_empty_data_folder(tmp_path, capsys):
 
 
 def test_unreachable_tracking_server_is_named_at_once(tmp_path, capsys):
-    uri = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     start = time.monotonic()
     code, err, _ = _run(tmp_path, _spec(tmp_path, tracking_uri=uri), capsys)
     took = time.monotonic() - start

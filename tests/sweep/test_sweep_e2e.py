@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.hooks import slow_epochs
+from tests.support.ports import free_port
 from tests.support.sweeps import start_sweep, sweep_cli, sweep_env, tiny_spec, write_spec
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -167,12 +167,6 @@ def test_driver_sigkill_then_resume_finishes_every_trial_exactly_once(tmp_path):
         assert _epoch_steps(client, run) == list(range(1, 7))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_fractional_gpu_trials_are_packed_onto_simulated_gpu_nodes(tmp_path):
     import ray
     from ray import tune
@@ -214,7 +208,7 @@ def test_fractional_gpu_trials_are_packed_onto_simulated_gpu_nodes(tmp_path):
 
 
 def test_submit_through_the_jobs_api_runs_the_sweep(tmp_path):
-    port, dash = _free_port(), _free_port()
+    port, dash = free_port(), free_port()
     env = sweep_env(tmp_path)
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
     # Ray's unix sockets live under --temp-dir, whose path must stay short (the socket path limit
@@ -236,8 +230,8 @@ def test_submit_through_the_jobs_api_runs_the_sweep(tmp_path):
             "--include-dashboard=true",
             # Ray's default agent port (52365) may be another Ray's on this host: the job agent
             # would fail to bind and every submission answer "No available agent".
-            f"--dashboard-agent-listen-port={_free_port()}",
-            f"--ray-client-server-port={_free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--ray-client-server-port={free_port()}",
             "--disable-usage-stats",
             f"--temp-dir={ray_tmp}",
         ],

@@ -31,8 +31,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.ports import free_port
 from tests.support.sweeps import SWEEP, sweep_cli, sweep_env, tiny_spec, write_spec
-from tests.trainables.test_tracking_server import free_port, wait_healthy
+from tests.trainables.test_tracking_server import wait_healthy
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.slow]
 

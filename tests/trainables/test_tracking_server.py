@@ -25,16 +25,11 @@ from mlflow.tracking import MlflowClient
 
 from sweep.ui_cli import server_command
 from tests.support.mlflow_runs import find_trial_runs
+from tests.support.ports import free_port
 from trainables.journal import flush_journal
 from trainables.tracking import TrialTracker
 
 SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job runner: faster start
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_healthy(url: str, proc: subprocess.Popen, log: Path | None, timeout_s=120.0) -> None:
