@@ -539,9 +539,11 @@ def encode_factors(scales: torch.Tensor, s_dec: torch.Tensor) -> torch.Tensor:
 def _poisoned(scale: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:
     """scale, or NaN when the tensor amax is not finite, so that every block scale, encode
     factor and decoded block of such an operand is NaN: a NaN/inf input can never come out as
-    finite values, whether or not anyone reads the finiteness flag. amax * 0 is +0 for a
-    finite amax (adding it changes nothing) and NaN otherwise; no branch, no host sync."""
-    return scale + amax * 0
+    finite values, whether or not anyone reads the finiteness flag. A select on the device (no
+    branch, no host sync), not arithmetic: `scale + amax * 0` does the same in eager code, but
+    Inductor folds `amax * 0` to 0 and compiled code then decoded an inf operand as finite
+    values (tests/quant/test_compile.py pins this through Inductor)."""
+    return torch.where(torch.isfinite(amax), scale, torch.nan)
 
 
 def _dequant_factors(scales: torch.Tensor, amax: torch.Tensor, e4m3_max: int = 448):
@@ -999,7 +1001,8 @@ def _prepare(
     check_finite(own_amax, what, x)
     if amax is not None:
         given = _given_amax(amax, x.device, what)
-        own_amax = torch.maximum(given, own_amax * 0)  # given, but NaN if x is not finite
+        # given, but NaN if x is not finite
+        own_amax = torch.maximum(given, _poisoned(torch.zeros_like(given), own_amax))
     scale_amax = _row_amax(b, transposed) if opts.row_scaled else own_amax
     s_enc, s_dec = tensor_scales(scale_amax, opts.e4m3_max)
     s_enc, s_dec = _poisoned(s_enc, own_amax), _poisoned(s_dec, own_amax)

@@ -10,7 +10,9 @@ Compile time is what this file costs, so every test compiles ONE function that r
   captured whole (fullgraph) through AOTAutograd (`aot_eager`: the same joint graph Inductor
   gets, run by the eager kernels) and compared with eager: outputs and weight gradients
   bitwise (the SR recipes prove the random bytes come in eager order), bias gradients and the
-  loss up to fp32 summation order; the same through Inductor on CUDA (bench.gpu runs it).
+  loss up to fp32 summation order; the same through Inductor on CUDA (bench.gpu runs it);
+- non-finite operands through Inductor (the quantizer graph above, and a quantized Linear):
+  the deferred flag is set and every decoded value is NaN, never finite garbage.
 
 Measured on the shared 2-core box with a cold compile cache: ~60 s for this file (the golden
 test ~30 s of it). CUDA variants run where a GPU is.
@@ -126,6 +128,17 @@ def test_compiled_quantizer_equals_eager_bitwise(device):
         for i, (c, e) in enumerate(zip(compiled, eager, strict=True)):
             assert c.dtype == e.dtype and torch.equal(c, e), f"result {i} differs"
 
+    # the same graph on operands with an inf (its amax is inf: the scale chain alone would
+    # give finite scales) or a NaN: every scale and every decoded value is NaN, never finite
+    # garbage. Eager code raises here; compiled code cannot, and Inductor once folded the
+    # poisoning `amax * 0` away, decoding inf operands as finite values.
+    for bad_value in (float("inf"), -float("inf"), float("nan")):
+        bad = x.clone()
+        bad[20, 7] = bad_value
+        for i, r in enumerate(compiled_fn(bad, gen, amax)):
+            values = r.scales if isinstance(r, nvfp4.NVFP4Tensor) else r[0]
+            assert torch.isnan(values).all(), f"result {i}: finite values from {bad_value}"
+
 
 def test_round_to_bf16_by_bits_equals_the_cast():
     bits = torch.randint(-(2**31), 2**31, (1 << 16,), generator=torch.Generator().manual_seed(0))
@@ -229,9 +242,10 @@ def test_layers_through_inductor_match_eager():
 
 
 def test_compiled_layers_record_non_finite_operands_without_raising():
+    """Through Inductor (CPU), whose algebraic simplifications once dropped the NaN poisoning."""
     gen = torch.Generator()
     model = quant.prepare(torch.nn.Linear(32, 16), "nvfp4", generator=gen)
-    compiled = compile_model(model, backend="aot_eager")
+    compiled = compile_model(model)
     x = torch.randn(16, 32)
     x[3, 3] = float("inf")
     check = nvfp4.FiniteCheck()
