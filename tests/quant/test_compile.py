@@ -87,7 +87,7 @@ def _hard_input(device) -> torch.Tensor:
 
 def _variants(x: torch.Tensor, generator: torch.Generator, amax: torch.Tensor):
     """Every path of the quantizer once: codes (1x16, SR), the fake-quantized operand in every
-    block mode and layout, a bf16 input, a given amax."""
+    block mode and layout, a bf16 input, a given amax, TE 2.20's 4over6 and row-scaled amax."""
     sr = {"rounding": "stochastic", "generator": generator}
     xt = x.t().contiguous().t()  # the transposed-layout path of DGRAD/WGRAD operands
     return [
@@ -97,6 +97,8 @@ def _variants(x: torch.Tensor, generator: torch.Generator, amax: torch.Tensor):
         nvfp4.fake_quantize(x.to(torch.bfloat16), rht=True),
         nvfp4.fake_quantize(xt, **sr),
         nvfp4.fake_quantize(x[16:48], amax=amax),
+        nvfp4.fake_quantize(xt, four_over_six="mse", e4m3_max=256),
+        nvfp4.fake_quantize(x, row_scaled=True),
     ]
 
 
