@@ -243,6 +243,32 @@ def test_layers_through_inductor_match_eager():
     _layers_case("2d_rht_sr", "cuda", compile_model)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 18, open: compiled under autocast, the quantized layers' backward runs its "
+    "GEMMs autocast (quant.functional._autocast_off seems not to take effect in the traced "
+    "backward; entering autocast(enabled=False) unconditionally trips Dynamo's autocast-state "
+    "check instead): nvfp4's gradients drift from eager by ~1e-5, and the RHT recipes fail to "
+    "trace (the fp32 rotation comes out bf16). Found on an H200 (bench.gpu), reproduced here.",
+)
+@pytest.mark.parametrize("recipe", ["nvfp4", "2d_rht_sr"])
+def test_layers_compiled_under_autocast_match_eager(recipe):
+    gen = torch.Generator()
+    torch.manual_seed(0)
+    model = quant.prepare(ThreeKinds(), recipe, generator=gen)
+    x = torch.randn(2, 16, 16, 16, generator=torch.Generator().manual_seed(1))
+    compiled = compile_model(model, backend="aot_eager")
+
+    def under_autocast(x):
+        with torch.autocast("cpu", torch.bfloat16):
+            return compiled(x) if compiling else model(x)
+
+    compiling = True
+    first = _step(under_autocast, model, x, gen)
+    compiling = False
+    _compare(recipe, first, _step(under_autocast, model, x, gen))
+
+
 def test_compiled_layers_record_non_finite_operands_without_raising():
     """Through Inductor (CPU), whose algebraic simplifications once dropped the NaN poisoning."""
     gen = torch.Generator()
