@@ -245,6 +245,7 @@ def test_layers_through_inductor_match_eager():
 
 @pytest.mark.xfail(
     strict=True,
+    raises=(AssertionError, torch._dynamo.exc.BackendCompilerFailed),
     reason="issue 18, open: compiled under autocast, the quantized layers' backward runs its "
     "GEMMs autocast (quant.functional._autocast_off seems not to take effect in the traced "
     "backward; entering autocast(enabled=False) unconditionally trips Dynamo's autocast-state "
