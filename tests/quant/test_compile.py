@@ -217,16 +217,25 @@ def _compare(recipe, compiled, eager):
             torch.testing.assert_close(c, e, rtol=1e-5, atol=1e-7, msg=f"{recipe}: {name}")
 
 
-def _layers_case(recipe: str, device: str, compile_fn):
+def _layers_case(recipe: str, device: str, compile_fn, wrap=lambda run: run):
+    """wrap(run): how both the compiled and the eager step call the model (e.g. under autocast)."""
     gen = torch.Generator(device=device)
     torch.manual_seed(0)
     model = quant.prepare(ThreeKinds(), recipe, generator=gen).to(device)
     x = torch.randn(2, 16, 16, 16, generator=torch.Generator().manual_seed(1)).to(device)
-    compiled = compile_fn(model)
+    compiled, eager_run = wrap(compile_fn(model)), wrap(model)
     first = _step(compiled, model, x, gen)  # compiled first: memo caches of quant still cold
-    eager = _step(model, model, x, gen)
+    eager = _step(eager_run, model, x, gen)
     _compare(recipe, first, eager)
     _compare(recipe, _step(compiled, model, x, gen), eager)  # again, from the cached graphs
+
+
+def _bf16_autocast(run):
+    def under_autocast(x):
+        with torch.autocast("cpu", torch.bfloat16):
+            return run(x)
+
+    return under_autocast
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -254,20 +263,8 @@ def test_layers_through_inductor_match_eager():
 )
 @pytest.mark.parametrize("recipe", ["nvfp4", "2d_rht_sr"])
 def test_layers_compiled_under_autocast_match_eager(recipe):
-    gen = torch.Generator()
-    torch.manual_seed(0)
-    model = quant.prepare(ThreeKinds(), recipe, generator=gen)
-    x = torch.randn(2, 16, 16, 16, generator=torch.Generator().manual_seed(1))
-    compiled = compile_model(model, backend="aot_eager")
-
-    def under_autocast(x):
-        with torch.autocast("cpu", torch.bfloat16):
-            return compiled(x) if compiling else model(x)
-
-    compiling = True
-    first = _step(under_autocast, model, x, gen)
-    compiling = False
-    _compare(recipe, first, _step(under_autocast, model, x, gen))
+    compile_fn = lambda m: compile_model(m, backend="aot_eager")  # noqa: E731
+    _layers_case(recipe, "cpu", compile_fn, wrap=_bf16_autocast)
 
 
 def test_compiled_layers_record_non_finite_operands_without_raising():
