@@ -84,8 +84,10 @@ class _QuantizedGemms(torch.autograd.Function):
     def backward(ctx, dy):
         x, weight, x_values, x_amax, w_values, w_amax = ctx.saved_tensors
         gemms, recipe = ctx.gemms, ctx.recipe
+        if not dy.is_contiguous():  # first, see `_backward_autocast_off`
+            dy = dy.contiguous()
         dx = dw = db = None
-        with _autocast_off(dy):
+        with _backward_autocast_off(dy):
             if ctx.needs_input_grad[0]:
                 dy_q = gemms.operand("dgrad", "grad_output", dy, recipe.dgrad_grad_output)
                 if w_values is not None:
@@ -124,6 +126,22 @@ def _autocast_off(t: Tensor):
             yield
     else:
         yield
+
+
+def _backward_autocast_off(dy: Tensor):
+    """Autocast off for the backward GEMMs, whatever autocast state the backward runs in.
+
+    Unconditional, unlike `_autocast_off`: compiled, the backward is traced once in the
+    forward's state (autocast already off, so a conditional would add nothing to the graph) and
+    then run in the caller's state (autocast on), which would re-cast the fp32 GEMM operands.
+
+    Dynamo traces a backward twice when it queries strides (`is_contiguous`, which the
+    quantizer's layout checks do): the first attempt stops at the first such query and the
+    second runs with contiguous gradients. An autocast context entered before that first
+    query is never left by the abandoned attempt (torch 2.13 then fails with "Global autocast
+    state changed while dynamo tracing"), so `backward` queries dy's layout before entering.
+    """
+    return torch.autocast(dy.device.type, enabled=False)
 
 
 def _autocast_inputs(x: Tensor, weight: Tensor, bias: Tensor | None):

@@ -230,12 +230,15 @@ def _layers_case(recipe: str, device: str, compile_fn, wrap=lambda run: run):
     _compare(recipe, _step(compiled, model, x, gen), eager)  # again, from the cached graphs
 
 
-def _bf16_autocast(run):
-    def under_autocast(x):
-        with torch.autocast("cpu", torch.bfloat16):
-            return run(x)
+def _bf16_autocast(device: str):
+    def wrap(run):
+        def under_autocast(x):
+            with torch.autocast(device, torch.bfloat16):
+                return run(x)
 
-    return under_autocast
+        return under_autocast
+
+    return wrap
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -252,19 +255,14 @@ def test_layers_through_inductor_match_eager():
     _layers_case("2d_rht_sr", "cuda", compile_model)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=(AssertionError, torch._dynamo.exc.BackendCompilerFailed),
-    reason="issue 18, open: compiled under autocast, the quantized layers' backward runs its "
-    "GEMMs autocast (quant.functional._autocast_off seems not to take effect in the traced "
-    "backward; entering autocast(enabled=False) unconditionally trips Dynamo's autocast-state "
-    "check instead): nvfp4's gradients drift from eager by ~1e-5, and the RHT recipes fail to "
-    "trace (the fp32 rotation comes out bf16). Found on an H200 (bench.gpu), reproduced here.",
-)
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("recipe", ["nvfp4", "2d_rht_sr"])
-def test_layers_compiled_under_autocast_match_eager(recipe):
+def test_layers_compiled_under_autocast_match_eager(recipe, device):
+    """The backward GEMMs run with autocast off when the step is compiled, too (the traced
+    backward runs in the caller's autocast state): once, nvfp4's gradients drifted ~1e-5 and
+    the RHT recipes failed to trace (found on an H200, reproduced on the CPU)."""
     compile_fn = lambda m: compile_model(m, backend="aot_eager")  # noqa: E731
-    _layers_case(recipe, "cpu", compile_fn, wrap=_bf16_autocast)
+    _layers_case(recipe, device, compile_fn, wrap=_bf16_autocast(device))
 
 
 def test_compiled_layers_record_non_finite_operands_without_raising():
