@@ -415,7 +415,7 @@ def _codes_from_rounded_(rounded: torch.Tensor, codes: torch.Tensor) -> torch.Te
     must keep code 0.
     """
     key = rounded.view(torch.int32).bitwise_right_shift_(22).bitwise_and_(0x1FF)
-    key.add_(codes, alpha=512)
+    key.add_(codes.to(torch.int32), alpha=512)  # widened first: 1 * 512 does not fit a uint8
     lut = _constant("code_of_key", rounded.device)
     return torch.index_select(lut, 0, key.view(-1), out=codes.view(-1)).view(codes.shape)
 
@@ -1097,8 +1097,9 @@ def quantize(
     for rows in p.chunks:
         src = _part(p.src, rows)
         v = torch.mul(src, _part(p.factors, rows), out=p.work.like("v", src, torch.float32))
-        # the sign before rounding: -0.0 and underflows to -0.0 get code 0, as in TE
-        torch.lt(v, 0, out=_part(codes, rows).view(torch.bool))
+        # the sign before rounding: -0.0 and underflows to -0.0 get code 0, as in TE (a copy:
+        # Inductor cannot lower a comparison written into a bool view of uint8 on CUDA)
+        _part(codes, rows).copy_(v < 0)
         _codes_from_rounded_(_round_chunk_(p, rows, v), _part(codes, rows))
     scales = p.scales.view(_scales_shape(x.shape, p.block))
     return NVFP4Tensor(codes.view(x.shape), scales, p.amax, p.block, rht, e4m3_max)
