@@ -25,6 +25,7 @@ vectors and compiled layers to eager ones; CUDA variants of those tests run wher
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -66,4 +67,27 @@ def _with_options(kwargs: dict[str, Any]) -> dict[str, Any]:
     """Inductor gets BIT_EXACT_OPTIONS; the debugging backends (eager, aot_eager) take none."""
     if kwargs.get("backend", "inductor") != "inductor":
         return kwargs
-    return {**kwargs, "options": {**BIT_EXACT_OPTIONS, **kwargs.get("options", {})}}
+    options = dict(BIT_EXACT_OPTIONS)
+    if not conv_backward_meta_tracks_layout():
+        options["layout_optimization"] = False
+    return {**kwargs, "options": {**options, **kwargs.get("options", {})}}
+
+
+@functools.cache
+def conv_backward_meta_tracks_layout() -> bool:
+    """Whether this torch's shape function for `convolution_backward` gives the weight gradient
+    the memory format the kernels give it: channels-last when the input is channels-last.
+
+    Older torch (2.11, seen on an H200) says contiguous there. Inductor's layout optimization
+    hands the quantized layers' weight-gradient convolutions channels-last inputs on a GPU, and
+    its stride check of their output then fails (`assert_size_stride`); without the
+    optimization Inductor keeps them contiguous. torch 2.13 computes the format (pytorch issue
+    171622), so the optimization stays on there.
+    """
+    meta = dict(device="meta")
+    x = torch.empty(2, 16, 8, 8, **meta).to(memory_format=torch.channels_last)
+    weight, dy = torch.empty(16, 16, 3, 3, **meta), torch.empty(2, 16, 6, 6, **meta)
+    _, dw, _ = torch.ops.aten.convolution_backward(
+        dy, x, weight, None, (1, 1), (0, 0), (1, 1), False, (0, 0), 1, (False, True, False)
+    )
+    return dw.is_contiguous(memory_format=torch.channels_last)
