@@ -78,7 +78,9 @@ class _QuantizedGemms(torch.autograd.Function):
         )
         ctx.gemms, ctx.recipe = gemms, recipe
         ctx.x_shape, ctx.x_dtype, ctx.has_bias = x.shape, x.dtype, bias is not None
-        return y.to(x.dtype)
+        # Not `y.to(x.dtype)` when the dtypes agree: that returns y itself, and a Function
+        # output that aliases an intermediate got all-zero gradients compiled (torch 2.11).
+        return y if y.dtype == x.dtype else y.to(x.dtype)
 
     @staticmethod
     def backward(ctx, dy):
