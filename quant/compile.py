@@ -25,7 +25,7 @@ vectors and compiled layers to eager ones; CUDA variants of those tests run wher
 
 from __future__ import annotations
 
-import functools
+import itertools
 from typing import Any
 
 import torch
@@ -54,7 +54,9 @@ def compile_model(model: torch.nn.Module, *, dynamic: bool | None = None, **kwar
     shapes: the first batch size gets a static graph, a second one (an epoch's last batch)
     one graph with a symbolic batch dimension that serves every later size."""
     check_matmul_precision()
-    return torch.compile(model, fullgraph=True, dynamic=dynamic, **_with_options(kwargs))
+    device = next(itertools.chain(model.parameters(), model.buffers()), torch.empty(0)).device
+    options = _with_options(kwargs, device)
+    return torch.compile(model, fullgraph=True, dynamic=dynamic, **options)
 
 
 def compile_function(fn, *, dynamic: bool | None = False, **kwargs: Any):
@@ -63,31 +65,17 @@ def compile_function(fn, *, dynamic: bool | None = False, **kwargs: Any):
     return torch.compile(fn, fullgraph=True, dynamic=dynamic, **_with_options(kwargs))
 
 
-def _with_options(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Inductor gets BIT_EXACT_OPTIONS; the debugging backends (eager, aot_eager) take none."""
+def _with_options(kwargs: dict[str, Any], device: torch.device | None = None) -> dict[str, Any]:
+    """Inductor gets BIT_EXACT_OPTIONS; the debugging backends (eager, aot_eager) take none.
+
+    On CUDA also `layout_optimization=False`: with it, torch 2.11's Inductor failed its own
+    stride check (`assert_size_stride` on a `convolution_backward` output: channels-last
+    expected, contiguous returned) in the compiled step of the CNN, baseline included, on an
+    H200. Without it the step compiled and ran (BENCHMARKS.md, issue 18).
+    """
     if kwargs.get("backend", "inductor") != "inductor":
         return kwargs
     options = dict(BIT_EXACT_OPTIONS)
-    if not conv_backward_meta_tracks_layout():
+    if device is not None and device.type == "cuda":
         options["layout_optimization"] = False
     return {**kwargs, "options": {**options, **kwargs.get("options", {})}}
-
-
-@functools.cache
-def conv_backward_meta_tracks_layout() -> bool:
-    """Whether this torch's shape function for `convolution_backward` gives the weight gradient
-    the memory format the kernels give it: channels-last when the input is channels-last.
-
-    Older torch (2.11, seen on an H200) says contiguous there. Inductor's layout optimization
-    hands the quantized layers' weight-gradient convolutions channels-last inputs on a GPU, and
-    its stride check of their output then fails (`assert_size_stride`); without the
-    optimization Inductor keeps them contiguous. torch 2.13 computes the format (pytorch issue
-    171622), so the optimization stays on there.
-    """
-    meta = dict(device="meta")
-    x = torch.empty(2, 16, 8, 8, **meta).to(memory_format=torch.channels_last)
-    weight, dy = torch.empty(16, 16, 3, 3, **meta), torch.empty(2, 16, 6, 6, **meta)
-    _, dw, _ = torch.ops.aten.convolution_backward(
-        dy, x, weight, None, (1, 1), (0, 0), (1, 1), False, (0, 0), 1, (False, True, False)
-    )
-    return dw.is_contiguous(memory_format=torch.channels_last)

@@ -224,10 +224,15 @@ def _layers_case(recipe: str, device: str, compile_fn, wrap=lambda run: run):
     model = quant.prepare(ThreeKinds(), recipe, generator=gen).to(device)
     x = torch.randn(2, 16, 16, 16, generator=torch.Generator().manual_seed(1)).to(device)
     compiled, eager_run = wrap(compile_fn(model)), wrap(model)
-    first = _step(compiled, model, x, gen)  # compiled first: memo caches of quant still cold
-    eager = _step(eager_run, model, x, gen)
-    _compare(recipe, first, eager)
-    _compare(recipe, _step(compiled, model, x, gen), eager)  # again, from the cached graphs
+    # cuDNN picks its algorithms per call unless told to be deterministic: bitwise needs one
+    cudnn = torch.backends.cudnn
+    with cudnn.flags(
+        enabled=True, benchmark=False, deterministic=True, allow_tf32=cudnn.allow_tf32
+    ):
+        first = _step(compiled, model, x, gen)  # compiled first: memo caches of quant still cold
+        eager = _step(eager_run, model, x, gen)
+        _compare(recipe, first, eager)
+        _compare(recipe, _step(compiled, model, x, gen), eager)  # again, from the cached graphs
 
 
 def _bf16_autocast(device: str):
