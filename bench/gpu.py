@@ -16,7 +16,7 @@ Sections (each row: eager | compiled | note; ratios are measured side by side in
             run recipe by recipe in priority order (baseline, 2d_rht_sr, nvfp4, then the
             rest), every model each, within a 150 s budget; what did not fit says so.
 4. train    `sweep train-one` of the 500k Swin under 2d_rht_sr, 3 epochs, synthetic 256 px data,
-            in a subprocess (compile: auto, so compiled on CUDA): finishes, finite metrics.
+            in a subprocess (--compile on; eager with --quick): finishes, finite metrics.
 5. packing  Ray: four trials of 0.25 GPU each on one GPU vs one trial alone, training steps of
             the 500k CNN under 2d_rht_sr: total throughput ratio (quick mode: two of 0.5).
 
@@ -224,6 +224,12 @@ def _autocast(device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
+def _progress(arch: str, scale: str, recipe: str, how: str, seconds: float) -> float:
+    """Print one measurement as it is made (a run cut short by a time limit keeps them)."""
+    print(f"[bench.gpu] step {arch} {scale} {recipe} {how} {seconds * 1e3:.1f} ms", flush=True)
+    return seconds
+
+
 def qat_steps(b: Bench) -> list[Row]:
     import models
 
@@ -238,7 +244,8 @@ def qat_steps(b: Bench) -> list[Row]:
         masks = (torch.rand(b.sizes.batch, 1, s, s, device=b.device) > 0.7).float()
         mine = {r: Stepper(b, base, arch, r, (images, masks)) for r in b.sizes.recipes}
         steppers[arch, scale] = mine
-        eager[arch, scale] = {r: b.seconds(st, b.sizes.steps) for r, st in mine.items()}
+        eager[arch, scale] = {r: _progress(arch, scale, r, "eager", b.seconds(st, b.sizes.steps))
+                              for r, st in mine.items()}  # fmt: skip
     # Compiled: recipe by recipe in priority order, every model, until the budget is spent.
     compiled: dict[tuple[str, str], dict[str, float]] = {key: {} for key in steppers}
     deadline = time.perf_counter() + b.sizes.compile_budget_s
@@ -247,7 +254,8 @@ def qat_steps(b: Bench) -> list[Row]:
             if time.perf_counter() > deadline:
                 break
             mine[recipe].run = b.compile(mine[recipe].model)
-            compiled[key][recipe] = b.seconds(mine[recipe], b.sizes.steps)
+            seconds = b.seconds(mine[recipe], b.sizes.steps)
+            compiled[key][recipe] = _progress(*key, recipe, "compiled", seconds)
     rows = []
     for (arch, scale), mine in steppers.items():
         e, c = eager[arch, scale], compiled[arch, scale]
@@ -281,6 +289,7 @@ class TrainOne:
             t["scale"], "--recipe", "2d_rht_sr", "--seed", "0", "--synthetic",
             str(t["synthetic"]), "--image-size", str(t["image"]), "--epochs", str(t["epochs"]),
             "--device", b.device.type, "--out", str(tmp / "run"),
+            "--compile", "off" if b.sizes.backend == "eager" else "on",
         ]  # fmt: skip
         env = {**os.environ, "SWEEP_DATA_CACHE": str(tmp / "cache")}
         path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)

@@ -117,6 +117,9 @@ def _train_one_args() -> tuple[Arg | OneOf, ...]:
         arg("--num-workers", type=int, default=0, help="data-loader processes"),
         arg("--threads", type=int, help="torch CPU threads (default: torch's choice)"),
         arg("--device", help="cpu | cuda (default: cuda when available)"),
+        arg(
+            "--compile", choices=("off", "on", "auto"), help="torch.compile the step (default auto)"
+        ),
         arg("--out", metavar="DIR", help="default: results/train-one/<trial_key>"),
         arg("--fresh", action="store_true", help="discard a checkpoint found in --out"),
         arg("--tracking-uri", help="log to MLflow at this URI (sqlite:///... or http://)"),

@@ -49,7 +49,12 @@ def build_config(args: argparse.Namespace):
         fields["data_path"] = args.data
     else:
         fields["synthetic"] = {"patients": args.synthetic, "size": image_size}
-    optional = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}
+    optional = {
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "compile": args.compile,
+    }
     fields.update({k: v for k, v in optional.items() if v is not None})
     if args.tracking_uri:
         fields["tracking"] = {"tracking_uri": args.tracking_uri, "experiment": args.experiment}

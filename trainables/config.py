@@ -180,7 +180,7 @@ class TrialConfig(_Frozen):
     logit_clamp: float = Field(20.0, gt=0)  # BCE sees logits clamped to [-c, c]
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     backend: Literal["emulated", "te"] = "emulated"
-    compile: Literal["off", "on", "auto"] = "auto"  # torch.compile the step; auto: on CUDA only
+    compile: Literal["off", "on", "auto"] = "auto"  # torch.compile the step; auto: off for now
     model_overrides: dict[str, Any] = {}
     code_version: str = Field(default_factory=lambda: code_version())
 

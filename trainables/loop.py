@@ -33,9 +33,9 @@ Protocol (docs/study.md "Training", its defects not repeated):
   (quant.nvfp4.FiniteCheck) instead of synchronizing, and each step reads the flag together
   with the loss terms in one device-to-host transfer, after the backward and before the
   optimizer step.
-- `compile` (off | on | auto = CUDA only): the steps run through quant.compile.compile_model
-  (torch.compile, fullgraph, bit-exact quantization); the module itself stays eager for
-  telemetry and checkpoints.
+- `compile` (off | on | auto = off for now, see factories.compile_enabled): the steps run
+  through quant.compile.compile_model (torch.compile, fullgraph, bit-exact quantization); the
+  module itself stays eager for telemetry and checkpoints.
 - Device: CUDA with bf16 autocast when available (`precision="auto"`), fp32 on CPU, where the run
   is deterministic (torch.use_deterministic_algorithms) and bitwise reproducible for a fixed
   number of threads, across a stop and restore included.

@@ -34,3 +34,14 @@ def test_a_missing_data_path_is_named(tmp_path):
     config = tiny_config(tmp_path, synthetic=None, data_path=str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match=r"data_path .*nowhere is not a folder"):
         resolve_data_root(config)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_compile_auto_is_off_on_every_device_until_a_gpu_run_verifies_it(device):
+    """issue 18: the one GPU measured gave compiled quantized layers zero gradients (fixed and
+    checked on the CPU only); `on` compiles, on any device."""
+    from trainables.factories import compile_enabled
+
+    device = torch.device(device)  # no tensor is made: a CUDA device object needs no GPU
+    assert not compile_enabled(tiny_config(None, compile="auto"), device)
+    assert compile_enabled(tiny_config(None, compile="on"), device)

@@ -248,6 +248,8 @@ def test_train_one_command_runs_resumes_and_refuses_other_settings(
 
     assert main([*args, "--lr", "0.001"]) == 2
     assert "differing fields: lr" in capsys.readouterr().err
+    assert main([*args, "--compile", "on"]) == 2  # compile is in the trial's identity too
+    assert "differing fields: compile" in capsys.readouterr().err
 
 
 def test_train_one_without_data_says_what_to_give(capsys):
