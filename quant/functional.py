@@ -78,9 +78,7 @@ class _QuantizedGemms(torch.autograd.Function):
         )
         ctx.gemms, ctx.recipe = gemms, recipe
         ctx.x_shape, ctx.x_dtype, ctx.has_bias = x.shape, x.dtype, bias is not None
-        # Not `y.to(x.dtype)` when the dtypes agree: that returns y itself, and a Function
-        # output that aliases an intermediate got all-zero gradients compiled (torch 2.11).
-        return y if y.dtype == x.dtype else y.to(x.dtype)
+        return _fresh_output(y, x.dtype)
 
     @staticmethod
     def backward(ctx, dy):
@@ -106,6 +104,21 @@ class _QuantizedGemms(torch.autograd.Function):
             if ctx.has_bias and ctx.needs_input_grad[2]:
                 db = gemms.bias_grad(dy)
         return dx, dw, db, None, None
+
+
+def _fresh_output(y: Tensor, dtype: torch.dtype) -> Tensor:
+    """y in `dtype`, compiled as a tensor that no other op of the forward returns or writes.
+
+    torch 2.11's Dynamo binds the incoming gradient of an autograd.Function to the wrong
+    tensor when the output is also one of the forward's intermediates: returned as-is (`.to`
+    an equal dtype returns y itself) or written in place (`run_gemm`'s `mul_` when there is no
+    bias). Every gradient of such a layer came out zero on an H200 (BENCHMARKS.md, issue 18);
+    torch 2.13 is not affected. Compiled, the copy fuses into the op that makes y; eager code
+    does not copy.
+    """
+    if y.dtype != dtype:
+        return y.to(dtype)
+    return y.clone() if torch.compiler.is_compiling() else y
 
 
 def _same_tiles(recipe: Recipe) -> bool:

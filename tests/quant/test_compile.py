@@ -180,17 +180,19 @@ def test_float_block_amax_of_compiled_code_equals_the_int32_one_of_eager_code():
 
 
 class ThreeKinds(torch.nn.Module):
-    """A Conv2d, a ConvTranspose2d and a Linear: every quantized layer kind in one graph."""
+    """A Conv2d, a ConvTranspose2d and a Linear: every quantized layer kind in one graph, and
+    a Linear without bias (its output is the GEMM's own, scaled in place)."""
 
     def __init__(self):
         super().__init__()
         self.conv = torch.nn.Conv2d(16, 32, 3, padding=1)
         self.up = torch.nn.ConvTranspose2d(32, 16, 2, stride=2)
         self.proj = torch.nn.Linear(16, 32)
+        self.head = torch.nn.Linear(32, 16, bias=False)
 
     def forward(self, x):
         y = self.up(self.conv(x))
-        return self.proj(y.permute(0, 2, 3, 1)).square().mean()
+        return self.head(self.proj(y.permute(0, 2, 3, 1))).square().mean()
 
 
 def _step(run, model, x, generator):
