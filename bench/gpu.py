@@ -2,6 +2,7 @@
 
     python -m bench.gpu                      # on a CUDA machine
     python -m bench.gpu --device cpu --quick # every code path on the CPU, tiny (a test runs it)
+    python -m bench.gpu --only golden,step --models cnn:500k --recipes nvfp4   # narrower, faster
 
 Sections (each row: eager | compiled | note; ratios are measured side by side in this run):
 1. golden   the CUDA tests of tests/quant (`pytest -m gpu`: golden vectors,
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -384,6 +386,28 @@ SECTIONS = {
 }
 
 
+def _narrowed(sizes: Sizes, args: argparse.Namespace) -> Sizes:
+    """The step section's models, recipes and compile budget as the command line narrows them
+    (a GPU lent for minutes cannot run every model and recipe); ValueError names a bad one."""
+    import models
+    from quant import get_recipe
+
+    changes: dict = {}
+    if args.models:
+        pairs = [tuple(item.split(":", 1)) for item in args.models.split(",")]
+        for pair in pairs:
+            if len(pair) != 2:
+                raise ValueError(f"--models: {':'.join(pair)!r} is not arch:scale (e.g. cnn:500k)")
+            models.get_config(*pair)  # raises naming the valid archs / scales
+        changes["models"] = pairs
+    if args.recipes:
+        names = [get_recipe(name).name for name in args.recipes.split(",")]  # raises if unknown
+        changes["recipes"] = tuple(dict.fromkeys(["baseline", *names]))  # the ratios' reference
+    if args.compile_budget is not None:
+        changes["compile_budget_s"] = args.compile_budget
+    return dataclasses.replace(sizes, **changes)
+
+
 def print_table(rows: list[Row], header: str) -> None:
     widths = [9, 30, 26, 30]
     print(f"\n{header}")
@@ -400,6 +424,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     parser.add_argument("--quick", action="store_true", help="tiny sizes (the CPU self-test)")
     parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
+    parser.add_argument(
+        "--models", help="step section: arch:scale,... (default: 500k, 4m CNN, Swin)"
+    )
+    parser.add_argument("--recipes", help="step section: recipes,... (baseline is always added)")
+    parser.add_argument("--compile-budget", type=float, help="step section: seconds (default 150)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print(
@@ -412,12 +441,17 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"bench.gpu: unknown section(s) {sorted(unknown)}; valid: {', '.join(SECTIONS)}")
         return 2
+    try:
+        sizes = _narrowed(QUICK if args.quick else FULL, args)
+    except ValueError as err:
+        print(f"bench.gpu: {err}", file=sys.stderr)
+        return 2
     device = torch.device(args.device)
     # Many compiled copies of one model class and of fake_quantize (one graph per mode) may
     # exceed Dynamo's default of 8 entries per code object, a hard error under fullgraph.
     torch._dynamo.config.recompile_limit = 64
     torch._dynamo.config.accumulated_recompile_limit = 1024
-    b = Bench(device, QUICK if args.quick else FULL)
+    b = Bench(device, sizes)
     rows: list[Row] = []
     start = time.perf_counter()
     names = args.only.split(",")

@@ -47,3 +47,28 @@ def test_quick_cpu_mode_runs_every_section():
     assert "FAILED" not in table and "error" not in table
     assert "passed" in table  # the golden subset ran
     assert "cnn tiny 2d_rht_sr" in table and "x throughput" in table
+
+
+def test_the_step_section_narrows_to_the_models_and_recipes_asked_for():
+    """A GPU lent for minutes: --models / --recipes pick the rows; baseline is always timed."""
+    done = _run("--device", "cpu", "--quick", "--only", "step", "--models", "cnn:tiny",
+                "--recipes", "nvfp4", timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    table = done.stdout[done.stdout.index("bench.gpu on CPU") :]
+    assert "cnn tiny baseline" in table and "cnn tiny nvfp4" in table
+    assert "2d_rht_sr" not in table
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--models", "cnn:huge"], "unknown scale 'huge' for arch 'cnn'; valid scales"),
+        (["--models", "cnn"], "'cnn' is not arch:scale"),
+        (["--recipes", "nvfp5"], "unknown recipe 'nvfp5'; valid: baseline"),
+    ],
+)
+def test_a_bad_narrowing_is_refused_naming_the_choices(args, message, capsys):
+    from bench import gpu
+
+    assert gpu.main(["--device", "cpu", "--quick", *args]) == 2
+    assert message in capsys.readouterr().err
