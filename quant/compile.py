@@ -37,6 +37,17 @@ BIT_EXACT_OPTIONS: dict[str, Any] = {
 }
 
 
+#: Inductor options for CPU graphs, for speed only (no arithmetic changes): store every
+#: intermediate that more than one kernel reads instead of recomputing it in each. Inductor's
+#: default recomputes a cheap-looking producer inside every consumer, and the quantizer reads
+#: each operand twice (block amax, then encode): a dropout mask's random numbers were drawn
+#: three times per step in the compiled Swin (33 random-number loops where the baseline has
+#: 11). Measured side by side in one process on the 2-core CPU, 4m models (BENCHMARKS.md,
+#: issue 18): Swin nvfp4 step 355 -> 301 ms (x1.24 -> x1.07 its baseline, which is unchanged),
+#: CNN no change (x1.11 both). GPUs keep Inductor's default (not measured there).
+CPU_FUSION_OPTIONS: dict[str, Any] = {"realize_reads_threshold": 1}
+
+
 def check_matmul_precision() -> None:
     """Compiled RHTs need exact fp32 products: refuse TF32/bf16 fp32 matmuls."""
     precision = torch.get_float32_matmul_precision()
@@ -71,11 +82,14 @@ def _with_options(kwargs: dict[str, Any], device: torch.device | None = None) ->
     On CUDA also `layout_optimization=False`: with it, torch 2.11's Inductor failed its own
     stride check (`assert_size_stride` on a `convolution_backward` output: channels-last
     expected, contiguous returned) in the compiled step of the CNN, baseline included, on an
-    H200. Without it the step compiled and ran (BENCHMARKS.md, issue 18).
+    H200. Without it the step compiled and ran (BENCHMARKS.md, issue 18). On the CPU also
+    CPU_FUSION_OPTIONS. A function (no device known) gets BIT_EXACT_OPTIONS alone.
     """
     if kwargs.get("backend", "inductor") != "inductor":
         return kwargs
     options = dict(BIT_EXACT_OPTIONS)
     if device is not None and device.type == "cuda":
         options["layout_optimization"] = False
+    elif device is not None and device.type == "cpu":
+        options.update(CPU_FUSION_OPTIONS)
     return {**kwargs, "options": {**options, **kwargs.get("options", {})}}
