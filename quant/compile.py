@@ -60,8 +60,9 @@ def check_matmul_precision() -> None:
 
 
 def compile_model(model: torch.nn.Module, *, dynamic: bool | None = None, **kwargs: Any):
-    """`torch.compile(model, fullgraph=True)` with `BIT_EXACT_OPTIONS`; returns the compiled
-    module (it shares `model`'s parameters). `dynamic=None` is torch's automatic dynamic
+    """`torch.compile(model, fullgraph=True)` with `BIT_EXACT_OPTIONS` and the options of the
+    device `model` is on (`_with_options`); returns the compiled module (it shares `model`'s
+    parameters). `dynamic=None` is torch's automatic dynamic
     shapes: the first batch size gets a static graph, a second one (an epoch's last batch)
     one graph with a symbolic batch dimension that serves every later size."""
     check_matmul_precision()
