@@ -21,7 +21,10 @@ What is guaranteed, and how:
   win only if one of them stalls for more than `settle` seconds between reading "no live lock"
   and writing its record (the other's read-back happened before that write). S3 is strongly
   consistent for reads after writes, so this is the only window. A holder checks its token at
-  every heartbeat and calls `on_lost` if another driver's token is there.
+  every heartbeat and calls `on_lost` if another driver's token is there. Where writes are not
+  atomic (a shared or emulated filesystem behind pyarrow), two records written at once can
+  interleave into an unreadable file; every contender then reads back no token, so each tries
+  again after a random pause (`UNREADABLE_RETRIES` times), rather than all refusing.
 
 A lock left by a SIGKILLed driver is released at once on local disk (the kernel drops `flock`);
 on an object store it is taken over at once from the same host (its PID is gone) and after `ttl`
@@ -33,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import secrets
 import socket
 import threading
@@ -46,6 +50,7 @@ from sweep.storage import SweepStore
 
 DEFAULT_TTL = 60.0  # seconds without a heartbeat after which another host may take the lock
 DEFAULT_SETTLE = 2.0  # object stores: seconds between writing the record and reading it back
+UNREADABLE_RETRIES = 3  # object stores: new attempts after reading back an unreadable record
 
 
 class LockHeld(RuntimeError):
@@ -225,13 +230,18 @@ def _wait_for_record(store: SweepStore, timeout: float = 2.0) -> LockRecord | No
 
 
 def _acquire_remote(store: SweepStore, ttl: float, settle: float) -> DriverLock:
-    existing = read_record(store)
-    if existing is not None and existing.alive(ttl):
-        raise LockHeld(store, existing)
-    record = _new_record()
-    _write(store, record, None)
-    time.sleep(settle)  # let a contender's write land before we read back
-    back = read_record(store)
-    if back is None or back.token != record.token:
-        raise LockHeld(store, back)
-    return DriverLock(store, record, None, ttl)
+    for _ in range(UNREADABLE_RETRIES + 1):
+        existing = read_record(store)
+        if existing is not None and existing.alive(ttl):
+            raise LockHeld(store, existing)
+        record = _new_record()
+        _write(store, record, None)
+        time.sleep(settle)  # let a contender's write land before we read back
+        back = read_record(store)
+        if back is not None:
+            if back.token != record.token:
+                raise LockHeld(store, back)
+            return DriverLock(store, record, None, ttl)
+        # Unreadable: contenders' writes interleaved. Each tries again, at its own moment.
+        time.sleep(random.uniform(0, settle))
+    raise LockHeld(store, None)

@@ -135,6 +135,27 @@ def test_object_store_lock_taken_over_at_once_from_a_dead_pid_on_this_host(tmp_p
     assert holder(store) is None and read_record(store) is None
 
 
+def test_object_store_lock_tries_again_after_an_unreadable_read_back(tmp_path, monkeypatch):
+    """Two records written at once on a filesystem without atomic writes can interleave into
+    an unreadable file (seen once in CI: 4 concurrent takers, 0 winners). A taker that reads
+    back nothing readable tries again instead of refusing."""
+    import sweep.lock as lock_module
+
+    store = _object_store(tmp_path)
+    written, real_write = [], lock_module._write
+
+    def interleaved_once(store_, record, fd):
+        real_write(store_, record, fd)
+        if not written:  # the first write: another taker's bytes land over ours
+            (tmp_path / "s" / SweepStore.LOCK_FILE).write_text('{"host": "a", "pi')
+        written.append(record.token)
+
+    monkeypatch.setattr(lock_module, "_write", interleaved_once)
+    lock = acquire(store, settle=0.01)
+    assert len(written) >= 2 and read_record(store).token == lock.record.token == written[1]
+    lock.release()
+
+
 def test_object_store_lock_admits_one_of_concurrent_takers(tmp_path):
     store = _object_store(tmp_path)
     # The product's settle time: two winners need a taker stalled longer than it.
