@@ -89,8 +89,9 @@ def _with_options(kwargs: dict[str, Any], device: torch.device | None = None) ->
     if kwargs.get("backend", "inductor") != "inductor":
         return kwargs
     options = dict(BIT_EXACT_OPTIONS)
-    if device is not None and device.type == "cuda":
+    kind = None if device is None else device.type
+    if kind == "cuda":
         options["layout_optimization"] = False
-    elif device is not None and device.type == "cpu":
+    elif kind == "cpu":
         options.update(CPU_FUSION_OPTIONS)
     return {**kwargs, "options": {**options, **kwargs.get("options", {})}}

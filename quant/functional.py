@@ -45,8 +45,6 @@ DGRAD's dY, then WGRAD's dY.
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -84,10 +82,10 @@ class _QuantizedGemms(torch.autograd.Function):
     def backward(ctx, dy):
         x, weight, x_values, x_amax, w_values, w_amax = ctx.saved_tensors
         gemms, recipe = ctx.gemms, ctx.recipe
-        if not dy.is_contiguous():  # first, see `_backward_autocast_off`
+        if not dy.is_contiguous():  # first, see `_autocast_off`
             dy = dy.contiguous()
         dx = dw = db = None
-        with _backward_autocast_off(dy):
+        with _autocast_off(dy):
             if ctx.needs_input_grad[0]:
                 dy_q = gemms.operand("dgrad", "grad_output", dy, recipe.dgrad_grad_output)
                 if w_values is not None:
@@ -133,22 +131,13 @@ def _same_tiles(recipe: Recipe) -> bool:
     return plain and op.mode == "quantize" and op.block == (16, 16) and recipe.dgrad_weight == op
 
 
-@contextlib.contextmanager
 def _autocast_off(t: Tensor):
-    # Our GEMMs pick their dtypes explicitly; autocast would re-cast the fp32 operands.
-    if torch.is_autocast_enabled(t.device.type):
-        with torch.autocast(t.device.type, enabled=False):
-            yield
-    else:
-        yield
+    """Autocast off around our GEMMs (they pick their dtypes; autocast would re-cast the fp32
+    operands), whatever autocast state the caller runs in.
 
-
-def _backward_autocast_off(dy: Tensor):
-    """Autocast off for the backward GEMMs, whatever autocast state the backward runs in.
-
-    Unconditional, unlike `_autocast_off`: compiled, the backward is traced once in the
-    forward's state (autocast already off, so a conditional would add nothing to the graph) and
-    then run in the caller's state (autocast on), which would re-cast the fp32 GEMM operands.
+    Unconditional: compiled, a backward is traced once in the forward's state (autocast
+    already off, so a conditional would add nothing to the graph) and then run in the
+    caller's state (autocast on).
 
     Dynamo traces a backward twice when it queries strides (`is_contiguous`, which the
     quantizer's layout checks do): the first attempt stops at the first such query and the
@@ -156,7 +145,7 @@ def _backward_autocast_off(dy: Tensor):
     query is never left by the abandoned attempt (torch 2.13 then fails with "Global autocast
     state changed while dynamo tracing"), so `backward` queries dy's layout before entering.
     """
-    return torch.autocast(dy.device.type, enabled=False)
+    return torch.autocast(t.device.type, enabled=False)
 
 
 def _autocast_inputs(x: Tensor, weight: Tensor, bias: Tensor | None):

@@ -20,6 +20,8 @@ Inductor layer test ~22 s warm). CUDA variants run where a GPU is.
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -237,15 +239,12 @@ def _layers_case(recipe: str, device: str, compile_fn, wrap=lambda run: run):
         _compare(recipe, _step(compiled, model, x, gen), eager)  # again, from the cached graphs
 
 
-def _bf16_autocast(device: str):
-    def wrap(run):
-        def under_autocast(x):
-            with torch.autocast(device, torch.bfloat16):
-                return run(x)
+def _bf16_autocast(device: str, run):
+    def under_autocast(x):
+        with torch.autocast(device, torch.bfloat16):
+            return run(x)
 
-        return under_autocast
-
-    return wrap
+    return under_autocast
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -269,7 +268,7 @@ def test_layers_compiled_under_autocast_match_eager(recipe, device):
     backward runs in the caller's autocast state): once, nvfp4's gradients drifted ~1e-5 and
     the RHT recipes failed to trace (found on an H200, reproduced on the CPU)."""
     compile_fn = lambda m: compile_model(m, backend="aot_eager")  # noqa: E731
-    _layers_case(recipe, device, compile_fn, wrap=_bf16_autocast(device))
+    _layers_case(recipe, device, compile_fn, wrap=functools.partial(_bf16_autocast, device))
 
 
 def test_compiled_layers_record_non_finite_operands_without_raising():
